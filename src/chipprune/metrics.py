@@ -1,0 +1,83 @@
+"""Model size and quality: parameters, multiply-accumulates, accuracy; BatchNorm re-estimation.
+
+MACs are counted with PyTorch's own ``FlopCounterMode`` (FLOPs / 2), which counts convolutions and
+matrix multiplies: the convention of the CHIP paper's baseline figures (conv + linear MACs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
+
+__all__ = ["count_params", "count_macs", "evaluate", "recalibrate_batchnorm"]
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (buffers such as BatchNorm running statistics excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, image_size: int, channels: int = 3) -> int:
+    """Multiply-accumulates of one forward pass on one ``image_size`` x ``image_size`` image."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, channels, image_size, image_size, device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops() // 2)
+
+
+def evaluate(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu",
+    *, progress: bool = False, desc: str = "evaluating",
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy in percent, and the number of images."""
+    model.eval()
+    correct1 = correct5 = total = 0
+    with torch.inference_mode():
+        for x, y in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
+            logits = model(x.to(device))
+            y = y.to(device)
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(dim=1).sum().item()
+            total += y.numel()
+    if total == 0:
+        return {"top1": float("nan"), "top5": float("nan"), "images": 0}
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "images": total}
+
+
+def recalibrate_batchnorm(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu"
+) -> int:
+    """Re-estimate BatchNorm running statistics on ``batches`` (no weights change). Returns images used.
+
+    Pruning removes channels that fed later layers, so their input statistics shift; a cumulative
+    average over a few batches in train mode repairs the stored statistics.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over all batches seen
+    model.train()
+    images = 0
+    try:
+        with torch.no_grad():
+            for x, _ in batches:
+                model(x.to(device))
+                images += x.shape[0]
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        model.eval()
+    return images

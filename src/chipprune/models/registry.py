@@ -1,0 +1,115 @@
+"""One registry of model names: chipprune's CIFAR models plus every torchvision classification model."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch.nn as nn
+import torchvision
+
+from ..errors import ChipPruneError
+from .cifar_resnet import cifar_resnet
+from .cifar_vgg import cifar_vgg16_bn
+
+__all__ = ["ModelSpec", "get_model_spec", "list_models", "create_model"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What chipprune needs to know about a named model."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    family: str  # "cifar_resnet", "cifar_vgg" or "torchvision"
+    image_size: int
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    bundled_weights: str | None = None  # file name under chipprune/assets
+    notes: str = field(default="")
+
+    def bundled_weights_path(self) -> Path | None:
+        if self.bundled_weights is None:
+            return None
+        return Path(str(resources.files("chipprune") / "assets" / self.bundled_weights))
+
+
+def _cifar_specs() -> dict[str, ModelSpec]:
+    specs = {}
+    for depth in (20, 32, 44, 56, 110):
+        name = f"cifar_resnet{depth}"
+        specs[name] = ModelSpec(
+            name=name,
+            factory=partial(cifar_resnet, depth),
+            family="cifar_resnet",
+            image_size=32,
+            num_classes=10,
+            # The reference checkpoints were trained with ImageNet statistics (see their README).
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            bundled_weights="cifar_resnet56.safetensors" if depth == 56 else None,
+            notes="option-A shortcut" + ("; bundled CIFAR-10 weights" if depth == 56 else ""),
+        )
+    specs["cifar_vgg16_bn"] = ModelSpec(
+        name="cifar_vgg16_bn",
+        factory=cifar_vgg16_bn,
+        family="cifar_vgg",
+        image_size=32,
+        num_classes=10,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        notes="HRank/CHIP CIFAR variant",
+    )
+    return specs
+
+
+_CIFAR = _cifar_specs()
+
+
+def _torchvision_names() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def list_models() -> list[str]:
+    """All model names chipprune knows: its CIFAR models first, then torchvision's classifiers."""
+    return list(_CIFAR) + _torchvision_names()
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look a model up by name; unknown names raise a ChipPruneError that suggests close ones."""
+    if name in _CIFAR:
+        return _CIFAR[name]
+    if name in _torchvision_names():
+        # Image size: torchvision's classifiers are trained at 224 except Inception-v3 (299).
+        size = 299 if name == "inception_v3" else 224
+        return ModelSpec(
+            name=name,
+            factory=partial(torchvision.models.get_model, name, weights=None),
+            family="torchvision",
+            image_size=size,
+            num_classes=1000,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            notes="torchvision",
+        )
+    close = difflib.get_close_matches(name, list_models(), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ChipPruneError(f"unknown model '{name}'.{hint} Run 'chipprune models' to list them.")
+
+
+def create_model(name: str, num_classes: int | None = None) -> nn.Module:
+    """Build a named model with freshly initialised weights (nothing is downloaded)."""
+    spec = get_model_spec(name)
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    model = spec.factory(**kwargs)
+    return model

@@ -1,0 +1,188 @@
+"""Pruning plans: which ratio each channel group gets, from the paper's sparsity strings or one ratio.
+
+The paper writes ratios per *layer entry*, e.g. ResNet-56 ``[0.]+[0.15]*2+[0.4]*27``. Each entry
+names a set of channels; chipprune maps entries onto coupled groups (see ``paper_entries``).
+Channels kept in a group = ``int(C * (1 - ratio))`` (at least 1), the highest-scoring ones.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ChipPruneError
+from .graph import ChannelGroup, FeatureSource
+from .models.registry import ModelSpec
+
+__all__ = [
+    "PAPER_SPARSITY",
+    "PlanEntry",
+    "parse_sparsity",
+    "paper_entries",
+    "make_plan",
+    "channels_to_keep",
+    "select_channels",
+    "paper_feature_sources",
+]
+
+# The paper's settings, used as defaults.
+PAPER_SPARSITY = {
+    "cifar_resnet56": "[0.]+[0.15]*2+[0.4]*27",
+    "cifar_resnet110": "[0.]+[0.22]*2+[0.35]*18+[0.45]*36",
+    "cifar_vgg16_bn": "[0.21]*7+[0.75]*5",
+    "resnet50": "[0.]+[0.1]*3+[0.35]*16",
+}
+
+_NUMBER = r"\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*"
+_TERM = re.compile(r"\s*\[([^\[\]]*)\]\s*(?:\*\s*([0-9]+)\s*)?$")
+
+
+def parse_sparsity(text: str) -> list[float]:
+    """Parse ``[a]*n+[b, c]+...`` into a flat list of ratios, each in [0, 1).
+
+    No ``eval``: a small grammar of bracketed number lists, optional ``*count``, joined by ``+``.
+    """
+    if not text or not text.strip():
+        raise ChipPruneError("empty sparsity string; write e.g. '[0.]+[0.15]*2+[0.4]*27' or a single ratio '0.3'")
+    ratios: list[float] = []
+    for i, term in enumerate(text.split("+")):
+        m = _TERM.match(term)
+        if not m:
+            raise ChipPruneError(
+                f"cannot read term {i + 1} '{term.strip()}' of sparsity '{text}': each term is a "
+                "bracketed list of ratios with an optional repeat count, e.g. [0.4]*27 or [0.1,0.2]"
+            )
+        items = m.group(1).split(",")
+        if not all(re.fullmatch(_NUMBER, v) for v in items):
+            raise ChipPruneError(f"term {i + 1} '{term.strip()}' of sparsity '{text}' holds something that is not a number")
+        repeat = int(m.group(2)) if m.group(2) else 1
+        ratios.extend([float(v) for v in items] * repeat)
+    bad = [r for r in ratios if not 0.0 <= r < 1.0]
+    if bad:
+        raise ChipPruneError(f"sparsity ratios must lie in [0, 1); got {bad[0]} in '{text}'")
+    return ratios
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """One entry of a paper string: a label for people and the group its channels belong to."""
+
+    label: str
+    group: str
+
+
+def _group_of(groups: list[ChannelGroup], module: str) -> str:
+    for g in groups:
+        if module in g.members:
+            return g.name
+    raise ChipPruneError(f"layer '{module}' is not prunable in this model")
+
+
+def paper_entries(spec: ModelSpec, groups: list[ChannelGroup], model: torch.nn.Module) -> list[PlanEntry]:
+    """The layer entries a paper sparsity string lists for ``spec``, in order, mapped to groups."""
+    names = [n for n, _ in model.named_modules()]
+    if spec.family == "cifar_resnet":
+        n_blocks = len([n for n in names if re.fullmatch(r"layer1\.\d+", n)])
+        entries = [
+            PlanEntry("stem conv1 (shares its channels with the stage-1 stream)", _group_of(groups, "conv1")),
+            PlanEntry("stage-1 output (residual stream)", _group_of(groups, "layer1.0.conv2")),
+            PlanEntry("stage-2 output (residual stream)", _group_of(groups, "layer2.0.conv2")),
+        ]
+        for s in (1, 2, 3):
+            for b in range(n_blocks):
+                entries.append(PlanEntry(f"layer{s}.{b} inner conv", _group_of(groups, f"layer{s}.{b}.conv1")))
+        return entries
+    if spec.family == "cifar_vgg":
+        convs = [n for n in names if re.fullmatch(r"features\.conv\d+", n)]
+        return [PlanEntry(f"{c} (conv {i + 1})", _group_of(groups, c)) for i, c in enumerate(convs[:-1])]
+    if spec.family == "torchvision" and spec.name.startswith(("resnet", "resnext", "wide_resnet")):
+        stages = sorted({n.split(".")[0] for n in names if re.fullmatch(r"layer\d+", n)})
+        blocks = [n for n in names if re.fullmatch(r"layer\d+\.\d+", n)]
+        last_conv = "conv3" if any(n.endswith(".conv3") for n in names) else "conv2"
+        entries = [PlanEntry("stem (conv1 + max-pool)", _group_of(groups, "conv1"))]
+        for st in stages[:-1]:
+            entries.append(PlanEntry(f"{st} output (residual stream)", _group_of(groups, f"{st}.0.{last_conv}")))
+        inner = ["conv1", "conv2"] if last_conv == "conv3" else ["conv1"]
+        for b in blocks:
+            entries.append(PlanEntry(f"{b} inner convs", ",".join(_group_of(groups, f"{b}.{c}") for c in inner)))
+        return entries
+    raise ChipPruneError(
+        f"no paper sparsity layout for model '{spec.name}'; give one ratio for all layers instead, e.g. --sparsity 0.3"
+    )
+
+
+def make_plan(
+    sparsity: str, spec: ModelSpec, groups: list[ChannelGroup], model: torch.nn.Module
+) -> tuple[dict[str, float], list[str]]:
+    """Turn a sparsity string into {group name: ratio} and a list of notes for the user.
+
+    A single number (``0.3``) applies to every prunable group. A bracketed string follows the paper's
+    layout for the model. Entries that name one coupled group must agree; a 0 entry beside a
+    non-zero one is overridden (in the CIFAR ResNets the paper's stem entry is 0 while the stage-1
+    entry prunes the same channels: the official code pruned them apart and misaligned the sum).
+    """
+    text = sparsity.strip()
+    if re.fullmatch(_NUMBER, text):
+        ratio = float(text)
+        if not 0.0 <= ratio < 1.0:
+            raise ChipPruneError(f"a pruning ratio must lie in [0, 1); got {ratio}")
+        return {g.name: ratio for g in groups}, []
+    ratios = parse_sparsity(text)
+    entries = paper_entries(spec, groups, model)
+    if len(ratios) != len(entries):
+        listing = "; ".join(f"{i + 1}: {e.label}" for i, e in enumerate(entries))
+        raise ChipPruneError(
+            f"sparsity '{sparsity}' has {len(ratios)} entries but {spec.name} needs {len(entries)} ({listing})"
+        )
+    plan: dict[str, float] = {g.name: 0.0 for g in groups}
+    asked: dict[str, list[tuple[str, float]]] = {}
+    for entry, ratio in zip(entries, ratios):
+        for group in entry.group.split(","):
+            asked.setdefault(group, []).append((entry.label, ratio))
+    notes = []
+    for group, wishes in asked.items():
+        nonzero = sorted({r for _, r in wishes if r > 0})
+        if len(nonzero) > 1:
+            raise ChipPruneError(
+                f"entries {', '.join(l for l, _ in wishes)} prune the same coupled channels (group '{group}') "
+                f"at different ratios {nonzero}; give them the same ratio"
+            )
+        plan[group] = nonzero[0] if nonzero else 0.0
+        if nonzero and len(wishes) > 1 and any(r == 0 for _, r in wishes):
+            zero = [l for l, r in wishes if r == 0]
+            notes.append(f"{'; '.join(zero)}: coupled with a pruned entry, pruned at {nonzero[0]} with group '{group}'")
+    return plan, notes
+
+
+def channels_to_keep(channels: int, ratio: float) -> int:
+    """The paper's rule: keep ``int(C * (1 - ratio))`` channels, and never fewer than one."""
+    return max(1, int(channels * (1.0 - ratio)))
+
+
+def select_channels(scores: torch.Tensor, ratio: float) -> tuple[list[int], list[int]]:
+    """Indices to keep (highest scores) and to remove, both sorted; ties keep the lower index."""
+    n = scores.numel()
+    keep_n = channels_to_keep(n, ratio)
+    # Stable sort on the negated scores: equal scores keep their original order.
+    order = torch.sort(-scores.double(), stable=True).indices
+    keep = sorted(order[:keep_n].tolist())
+    remove = sorted(order[keep_n:].tolist())
+    return keep, remove
+
+
+def paper_feature_sources(spec: ModelSpec, groups: list[ChannelGroup]) -> None:
+    """Point groups at the maps the official code scores where they differ from the consumers' inputs.
+
+    VGG: the official code scores each conv's ReLU output; four convs feed a max-pool, so the next
+    conv's input is the pooled map. Other paper models already match (consumers' inputs are the
+    ReLU outputs the official code hooks).
+    """
+    if spec.family != "cifar_vgg":
+        return
+    for g in groups:
+        m = re.fullmatch(r"features\.conv(\d+)", g.name)
+        if m:
+            idx = torch.arange(g.channels)
+            g.sources = [FeatureSource(f"features.relu{m.group(1)}", "output", idx, idx)]

@@ -12,6 +12,7 @@ score is the mean over its maps. A group with a single map keeps CHIP's ranking 
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -89,14 +90,16 @@ def score_groups(
     keys = sorted({(s.module_name, s.kind) for g in groups for s in g.sources})
     accumulators = {k: _Accumulator() for k in keys}
     aliases: dict[tuple[str, str], tuple[str, str]] = {}
-    seen_this_batch: dict[tuple[int, tuple[int, ...]], tuple[str, str]] = {}
+    # Maps already scored in this batch, by identity. Weak references: a freed map's memory can be
+    # reused by a later map, which must not be mistaken for the same tensor.
+    seen_this_batch: dict[int, tuple[weakref.ref, tuple[str, str]]] = {}
 
     def record(key: tuple[str, str], tensor: torch.Tensor) -> None:
-        ident = (tensor.data_ptr(), tuple(tensor.shape))
-        if ident in seen_this_batch and seen_this_batch[ident] != key:
-            aliases[key] = seen_this_batch[ident]  # the same tensor feeds two layers: count it once
+        ref, owner = seen_this_batch.get(id(tensor), (None, None))
+        if ref is not None and ref() is tensor and owner != key:
+            aliases[key] = owner  # the same tensor feeds two layers: count it once
             return
-        seen_this_batch[ident] = key
+        seen_this_batch[id(tensor)] = (weakref.ref(tensor), key)
         try:
             accumulators[key].add(*score_fn(tensor))
             accumulators[key].spatial = tensor.dim() > 2 and tensor[0, 0].numel() > 1

@@ -1,0 +1,188 @@
+"""Command line: each subcommand parses its options and calls the library (``chipprune.pipeline``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .data import BUNDLED
+from .errors import ChipPruneError
+from .files import save_tensors, write_json
+from .models.registry import get_model_spec, list_models
+from .pipeline import Calibration, load_model, load_pruned, prunable_groups, prune, save_pruned, score
+from .plan import PAPER_SPARSITY
+from .summary import prune_summary
+
+DEFAULT_MODEL = "cifar_resnet56"
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ChipPruneError("--device cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"registry name (default {DEFAULT_MODEL}; see 'chipprune models')")
+    p.add_argument(
+        "--weights",
+        default="bundled",
+        help="weights file (.safetensors, or a torch state dict read with weights_only), "
+        "'bundled' for the shipped ones (default), or 'none' for random initialisation",
+    )
+    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs, if not the model's default")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        default=BUNDLED,
+        help="'bundled' (default: shipped CIFAR-10 sample), a CIFAR-10 root (cifar-10-batches-py), "
+        "or an ImageFolder root with train/ and test/ (or val/)",
+    )
+    p.add_argument("--calib-images", type=int, default=640, help="calibration images (default 640 = 5 x 128)")
+    p.add_argument("--batch-size", type=int, default=128, help="calibration batch size (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="seed for image choice and augmentation")
+    p.add_argument("--criterion", default="chip", choices=["chip"], help="channel scoring criterion")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _calibration(args: argparse.Namespace) -> Calibration:
+    if args.calib_images < 1 or args.batch_size < 1:
+        raise ChipPruneError("--calib-images and --batch-size must be positive")
+    return Calibration(args.data, args.calib_images, args.batch_size, args.seed)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    names = list_models()
+    print(f"{'name':24}{'family':14}{'input':>7}  notes")
+    for name in names:
+        spec = get_model_spec(name)
+        note = spec.notes + (f"; paper sparsity {PAPER_SPARSITY[name]}" if name in PAPER_SPARSITY else "")
+        print(f"{name:24}{spec.family:14}{spec.image_size:>7}  {note}")
+    print(f"\n{len(names)} models")
+
+
+def cmd_score(args: argparse.Namespace) -> None:
+    device = _device(args.device)
+    model, spec = load_model(args.model, args.weights, args.num_classes)
+    model.to(device)
+    _, groups, _ = prunable_groups(model, spec)
+    scores = score(model, spec, _calibration(args), groups=groups, criterion=args.criterion, device=device, progress=not args.quiet)
+    out = Path(args.out)
+    save_tensors({k: v.scores for k, v in scores.items()}, out, metadata={"model": spec.name, "criterion": args.criterion})
+    write_json(
+        out.with_suffix(".json"),
+        {
+            "model": spec.name,
+            "criterion": args.criterion,
+            "images": next(iter(scores.values())).images,
+            "groups": {k: {"maps": v.maps, "scores": [float(s) for s in v.scores]} for k, v in scores.items()},
+        },
+    )
+    print(f"{'group':28}{'channels':>9}{'maps':>6}{'min':>11}{'median':>11}{'max':>11}")
+    for k, v in scores.items():
+        s = v.scores
+        print(f"{k:28}{s.numel():>9}{len(v.maps):>6}{s.min():>11.4g}{s.median():>11.4g}{s.max():>11.4g}")
+    print(f"\nscored {len(scores)} groups on {next(iter(scores.values())).images} images; saved {out} and {out.with_suffix('.json')}")
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    device = _device(args.device)
+    model, spec = load_model(args.model, args.weights, args.num_classes)
+    result = prune(
+        model,
+        spec,
+        sparsity=args.sparsity,
+        calibration=_calibration(args),
+        criterion=args.criterion,
+        evaluate_on=not args.no_eval,
+        recalibrate_bn=not args.no_bn_recalibration,
+        device=device,
+        progress=not args.quiet,
+    )
+    folder = Path(args.out) if args.out else Path("chipprune-out") / spec.name
+    save_pruned(result, folder)
+    print(prune_summary(result.report, result.record, str(folder), args.verbose))
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .data import make_loader, make_transform, open_data
+    from .files import read_json
+    from .metrics import count_macs, count_params, evaluate
+
+    device = _device(args.device)
+    model = load_pruned(args.folder, device)
+    record = read_json(Path(args.folder) / "pruning.json")
+    spec = get_model_spec(record["model"])
+    source = open_data(args.data)
+    loader = make_loader(source.split("test", make_transform(spec, False, source.image_size)), 256)
+    acc = evaluate(model, loader, device, progress=not args.quiet)
+    print(
+        f"{record['model']} (pruned, {args.folder}): params {count_params(model):,}, MACs {count_macs(model, spec.image_size):,}, "
+        f"top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['images']} test images of {source.description}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chipprune", description="CHIP channel pruning for PyTorch CNNs.")
+    parser.add_argument("--version", action="version", version=f"chipprune {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the model names chipprune knows")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("score", help="score every channel (CHIP) and save the scores")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--out", default="scores.safetensors", help="scores file (a .json twin is written beside it)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("prune", help="score, prune and report (default: ResNet-56, paper setting, bundled data)")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--sparsity", default=None, help="paper string like '[0.]+[0.15]*2+[0.4]*27' or one ratio like 0.3")
+    p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL)")
+    p.add_argument("--no-eval", action="store_true", help="skip test-set evaluation")
+    p.add_argument("--no-bn-recalibration", action="store_true", help="keep the BatchNorm statistics as pruned")
+    p.add_argument("--verbose", "-v", action="store_true", help="print channels kept per group")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="evaluate a pruned folder on a test split")
+    p.add_argument("folder", help="folder written by 'chipprune prune'")
+    p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except ChipPruneError as exc:
+        if args.debug:
+            raise
+        print(f"chipprune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("chipprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

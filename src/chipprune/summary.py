@@ -1,0 +1,50 @@
+"""Human-readable summaries printed by the CLI (the JSON reports hold the same numbers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _change(before: float, after: float) -> str:
+    return f"{100.0 * (after - before) / before:+.1f}%" if before else ""
+
+
+def prune_summary(report: dict[str, Any], record: dict[str, Any], folder: str | None, verbose: bool) -> str:
+    """A one-screen summary of a pruning run; with ``verbose`` a per-group table of channels kept."""
+    lines = [
+        f"chipprune: {report['model']} pruned with {report['criterion'].upper()} at sparsity {report['sparsity']}",
+        f"data: {report['data']}; {report['calibration_images']} calibration images",
+        "",
+        f"{'':14}{'before':>14}{'after':>14}{'change':>10}",
+        f"{'params':14}{report['params_before']:>14,}{report['params_after']:>14,}"
+        f"{_change(report['params_before'], report['params_after']):>10}",
+        f"{'MACs':14}{report['macs_before']:>14,}{report['macs_after']:>14,}"
+        f"{_change(report['macs_before'], report['macs_after']):>10}",
+    ]
+    if "top1_before" in report:
+        for k in ("top1", "top5"):
+            lines.append(
+                f"{k + ' (%)':14}{report[k + '_before']:>14.2f}{report[k + '_after']:>14.2f}"
+                f"{report[k + '_after'] - report[k + '_before']:>+9.2f}p"
+            )
+        if report.get("bn_recalibrated"):
+            lines.append(
+                f"  'after' is before any fine-tuning, with BatchNorm statistics re-estimated on "
+                f"{report['bn_recalibration_images']} calibration images "
+                f"(without that: top-1 {report['top1_after_no_bn_recalibration']:.2f}%)."
+            )
+        lines.append(f"  test set: {report['test_images']} images.")
+    for note in record.get("notes", []):
+        lines.append(f"note: {note}")
+    if verbose:
+        lines += ["", f"{'group':28}{'members':>8}{'ratio':>7}{'channels':>14}"]
+        for g in record["groups"]:
+            lines.append(
+                f"{g['group']:28}{len(g['members']):>8}{g['ratio']:>7.2f}"
+                f"{str(g['channels_before']) + ' -> ' + str(g['channels_after']):>14}"
+            )
+    timings = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in report.get("timings", {}).items())
+    lines += ["", f"time: {timings}"]
+    if folder:
+        lines.append(f"saved: {folder}/ (model.safetensors, pruning.json, report.json)")
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from chipprune.cli import main
+
+
+def test_models_lists_cifar_and_torchvision(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar_resnet56" in out and "resnet50" in out and "[0.]+[0.15]*2+[0.4]*27" in out
+
+
+def test_default_job_end_to_end(tmp_path, capsys):
+    """The README's first command: ResNet-56, paper setting, bundled weights and data, offline."""
+    assert main(["prune", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "report.json").read_text())
+    for key in ("params_before", "params_after", "macs_before", "macs_after"):
+        assert isinstance(report[key], int)
+    assert report["params_before"] == 853_018 and report["macs_before"] == 125_485_696
+    assert report["params_after"] < 0.6 * report["params_before"]
+    assert report["top1_before"] == pytest.approx(92.6)  # the 1,000 lossless test images
+    assert 10.0 <= report["top1_after"] <= report["top1_before"]
+    assert report["bn_recalibrated"] is True and report["calibration_images"] == 640
+    assert "top1 (%)" in out and "BatchNorm statistics re-estimated" in out
+    assert main(["eval", str(tmp_path), "--quiet"]) == 0
+    assert f"top-1 {report['top1_after']:.2f}%" in capsys.readouterr().out
+
+
+def test_score_writes_scores(tmp_path, capsys):
+    out = tmp_path / "s.safetensors"
+    args = ["score", "--model", "cifar_resnet20", "--weights", "none", "--calib-images", "32", "--batch-size", "16"]
+    assert main(args + ["--out", str(out), "--quiet"]) == 0
+    scores = json.loads(out.with_suffix(".json").read_text())
+    assert scores["images"] == 32 and len(scores["groups"]["layer1.0.conv1"]["scores"]) == 16
+    assert "layer3.0.conv2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prune", "--sparsity", "[0.4]*2"], "needs 30"),
+        (["prune", "--sparsity", "[0.4"], "cannot read term"),
+        (["prune", "--model", "resnet5"], "unknown model"),
+        (["prune", "--weights", "/nonexistent.pt"], "weights file not found"),
+        (["prune", "--data", "/nonexistent"], "data path not found"),
+    ],
+)
+def test_bad_input_gives_a_message(args, message, capsys):
+    assert main([*args, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_errors_print_no_traceback_from_the_console_entry():
+    proc = subprocess.run(
+        [sys.executable, "-m", "chipprune", "prune", "--sparsity", "[0.4]*2"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("chipprune: error: sparsity '[0.4]*2' has 2 entries")
+    assert "Traceback" not in proc.stderr

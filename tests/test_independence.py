@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from chipprune import ChipPruneError, channel_independence
+from conftest import direct_channel_independence
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(3, 16, 8, 8), (2, 64, 2, 2), (4, 20, 5, 4), (5, 8, 1, 1), (2, 6, 4, 4), (1, 33, 3, 3)],
+)
+def test_matches_direct_float64_definition(shape):
+    torch.manual_seed(sum(shape))
+    maps = torch.relu(torch.randn(shape))
+    got = channel_independence(maps)
+    ref = direct_channel_independence(maps)
+    assert got.dtype == torch.float64 and got.shape == (shape[1],)
+    assert (got - ref).abs().max() <= 1e-8 * ref.abs().max()
+    assert torch.equal(torch.argsort(got, stable=True), torch.argsort(ref, stable=True))
+
+
+def test_wide_spectrum_matches_definition():
+    torch.manual_seed(1)
+    scale = torch.logspace(-6, 3, 32, dtype=torch.float64)[None, :, None, None]
+    maps = torch.randn(2, 32, 10, 10, dtype=torch.float64) * scale
+    got, ref = channel_independence(maps), direct_channel_independence(maps)
+    assert (got - ref).abs().max() <= 1e-8 * ref.abs().max()
+
+
+def test_duplicated_channel_scores_lower_than_independent_ones():
+    torch.manual_seed(2)
+    maps = torch.relu(torch.randn(8, 10, 6, 6))
+    maps[:, 3] = 0.5 * maps[:, 7]  # channel 3 is a copy of channel 7
+    ci = channel_independence(maps)
+    others = [j for j in range(10) if j not in (3, 7)]
+    assert ci[3] < ci[others].min()
+    assert ci[7] < ci[others].min()
+
+
+def test_all_zero_channel_scores_exactly_zero():
+    torch.manual_seed(3)
+    maps = torch.relu(torch.randn(4, 12, 5, 5))
+    maps[:, 5] = 0
+    ci = channel_independence(maps)
+    assert ci[5] == 0
+    assert (ci[torch.arange(12) != 5] > 0).all()
+
+
+def test_all_zero_maps_score_zero_without_nan():
+    ci = channel_independence(torch.zeros(2, 4, 3, 3))
+    assert torch.equal(ci, torch.zeros(4, dtype=torch.float64))
+
+
+def test_scales_linearly_and_permutes_with_channels():
+    torch.manual_seed(4)
+    maps = torch.relu(torch.randn(3, 9, 4, 4, dtype=torch.float64))
+    perm = torch.randperm(9)
+    ci = channel_independence(maps)
+    assert torch.allclose(channel_independence(3.0 * maps), 3.0 * ci, rtol=1e-10)
+    assert torch.allclose(channel_independence(maps[:, perm]), ci[perm], rtol=1e-10)
+
+
+def test_more_channels_than_pixels_uses_the_outside_weight():
+    # C > HW: each row has a part outside the range of the other rows' span.
+    torch.manual_seed(5)
+    maps = torch.randn(2, 30, 2, 3)
+    got, ref = channel_independence(maps), direct_channel_independence(maps)
+    assert (got - ref).abs().max() <= 1e-8 * ref.abs().max()
+
+
+def test_vector_features_are_one_pixel_maps():
+    torch.manual_seed(6)
+    v = torch.randn(5, 7)
+    assert torch.allclose(channel_independence(v), channel_independence(v[:, :, None, None]))
+
+
+def test_nan_and_inf_are_refused():
+    maps = torch.ones(2, 3, 2, 2)
+    maps[0, 1, 0, 0] = float("nan")
+    with pytest.raises(ChipPruneError, match="NaN or Inf"):
+        channel_independence(maps)

@@ -1,0 +1,66 @@
+import pytest
+import torch
+
+from chipprune import ChipPruneError, get_model_spec
+from chipprune.models import create_model
+from chipprune.pipeline import prunable_groups
+from chipprune.plan import channels_to_keep, make_plan, parse_sparsity, select_channels
+
+
+def test_parse_paper_strings():
+    assert parse_sparsity("[0.]+[0.15]*2+[0.4]*27") == [0.0] + [0.15] * 2 + [0.4] * 27
+    assert len(parse_sparsity("[0.]+[0.22]*2+[0.35]*18+[0.45]*36")) == 57
+    assert parse_sparsity(" [0.1, 0.2]*2 + [.3] ") == [0.1, 0.2, 0.1, 0.2, 0.3]
+
+
+@pytest.mark.parametrize("bad", ["", "[0.5", "[1.0]*2", "[a]", "0.3]", "[0.1]*x", "[]", "[0.1]*2*3", "[-0.1]"])
+def test_malformed_sparsity_strings_are_refused(bad):
+    with pytest.raises(ChipPruneError):
+        parse_sparsity(bad)
+
+
+def _groups(name):
+    model = create_model(name)
+    spec = get_model_spec(name)
+    _, groups, _ = prunable_groups(model, spec)
+    return model, spec, groups
+
+
+def test_resnet56_paper_plan_maps_entries_to_coupled_groups():
+    model, spec, groups = _groups("cifar_resnet56")
+    plan, notes = make_plan("[0.]+[0.15]*2+[0.4]*27", spec, groups, model)
+    assert plan["conv1"] == 0.15  # stem + stage-1 stream: one coupled group
+    assert plan["layer2.0.conv2"] == 0.15  # stage-2 stream
+    assert plan["layer3.0.conv2"] == 0.0  # stage-3 stream: never pruned by the paper strings
+    assert all(plan[f"layer{s}.{b}.conv1"] == 0.4 for s in (1, 2, 3) for b in range(9))
+    assert len(notes) == 1 and "stem" in notes[0]
+
+
+def test_wrong_entry_count_explains_the_layout():
+    model, spec, groups = _groups("cifar_resnet56")
+    with pytest.raises(ChipPruneError, match=r"has 3 entries but cifar_resnet56 needs 30 .*stage-2 output"):
+        make_plan("[0.1]*3", spec, groups, model)
+
+
+def test_single_ratio_applies_to_every_group():
+    model, spec, groups = _groups("cifar_resnet20")
+    plan, _ = make_plan("0.3", spec, groups, model)
+    assert set(plan.values()) == {0.3} and len(plan) == len(groups)
+    with pytest.raises(ChipPruneError):
+        make_plan("1.5", spec, groups, model)
+
+
+def test_vgg_paper_plan():
+    model, spec, groups = _groups("cifar_vgg16_bn")
+    plan, _ = make_plan("[0.21]*7+[0.75]*5", spec, groups, model)
+    assert plan["features.conv0"] == 0.21 and plan["features.conv14"] == 0.75
+    assert plan["features.conv16"] == 0.0 and plan["classifier.linear1"] == 0.0
+
+
+def test_keep_rule_and_selection():
+    assert channels_to_keep(16, 0.4) == 9 and channels_to_keep(64, 0.4) == 38 and channels_to_keep(16, 0.15) == 13
+    assert channels_to_keep(3, 0.9) == 1  # never empty
+    keep, remove = select_channels(torch.tensor([0.5, 0.1, 0.9, 0.1, 0.3]), 0.4)
+    assert keep == [0, 2, 4] and remove == [1, 3]
+    keep, _ = select_channels(torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.5)
+    assert keep == [0, 1]  # ties: lower index kept

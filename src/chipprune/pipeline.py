@@ -148,6 +148,12 @@ def prune(
     report: dict[str, Any] = {"model": spec.name, "criterion": criterion, "sparsity": sparsity, "data": source.description}
     timings: dict[str, float] = {}
 
+    t0 = time.perf_counter()
+    dg, groups, classifier = prunable_groups(model, spec)
+    plan, notes = make_plan(sparsity, spec, groups, model)
+    to_score = [g for g in groups if plan.get(g.name, 0.0) > 0]
+    timings["trace_s"] = time.perf_counter() - t0
+
     report["params_before"] = count_params(model)
     report["macs_before"] = count_macs(model, spec.image_size)
     test_loader = None
@@ -158,12 +164,6 @@ def prune(
         before = evaluate(model, test_loader, device, progress=progress, desc="test (before)")
         timings["evaluate_before_s"] = time.perf_counter() - t0
         report.update(top1_before=before["top1"], top5_before=before["top5"], test_images=before["images"])
-
-    t0 = time.perf_counter()
-    dg, groups, classifier = prunable_groups(model, spec)
-    plan, notes = make_plan(sparsity, spec, groups, model)
-    to_score = [g for g in groups if plan.get(g.name, 0.0) > 0]
-    timings["trace_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     scores = score(model, spec, calibration, groups=to_score, criterion=criterion, device=device, progress=progress) if to_score else {}

@@ -113,6 +113,18 @@ def paper_entries(spec: ModelSpec, groups: list[ChannelGroup], model: torch.nn.M
     )
 
 
+def _describe_layout(entries: list[PlanEntry]) -> str:
+    """'1: stem; 2: stage-1 output; 4-12: layer1.* inner conv; ...' (runs of like entries collapsed)."""
+    runs: list[tuple[int, int, str]] = []
+    for i, e in enumerate(entries, start=1):
+        pattern = re.sub(r"\.\d+", ".*", e.label)
+        if runs and runs[-1][2] == pattern and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i, pattern)
+        else:
+            runs.append((i, i, pattern))
+    return "; ".join(f"{a}: {entries[a - 1].label}" if a == b else f"{a}-{b}: {p}" for a, b, p in runs)
+
+
 def make_plan(
     sparsity: str, spec: ModelSpec, groups: list[ChannelGroup], model: torch.nn.Module
 ) -> tuple[dict[str, float], list[str]]:
@@ -132,7 +144,7 @@ def make_plan(
     ratios = parse_sparsity(text)
     entries = paper_entries(spec, groups, model)
     if len(ratios) != len(entries):
-        listing = "; ".join(f"{i + 1}: {e.label}" for i, e in enumerate(entries))
+        listing = _describe_layout(entries)
         raise ChipPruneError(
             f"sparsity '{sparsity}' has {len(ratios)} entries but {spec.name} needs {len(entries)} ({listing})"
         )

@@ -2,12 +2,17 @@
 
 Feature maps are caught with hooks one batch at a time, reduced to per-channel score sums on the
 spot, and dropped: nothing is kept across batches and nothing is written to disk. Hooks are removed
-even when a batch fails.
+even when a batch fails. (Computing scores in a worker thread during the forward pass was measured
+twice as slow on CPU: the two compete for the same math-library threads.)
 
 How a group's score is formed: each feature map that shows the group's channels (the inputs of the
 layers that consume them, which are post-activation maps) is scored on its own; its per-channel
 score is divided by that map's mean nuclear norm so every map weighs the same, and the group's
 score is the mean over its maps. A group with a single map keeps CHIP's ranking exactly.
+
+Stability: images with even and odd positions in the calibration stream form two disjoint halves,
+scored separately too; the Spearman correlation of the two halves' scores tells whether a group's
+ranking is settled or needs more images.
 """
 
 from __future__ import annotations
@@ -22,15 +27,18 @@ from tqdm.auto import tqdm
 
 from .errors import ChipPruneError
 from .graph import ChannelGroup
-from .independence import channel_independence_sums
+from .independence import channel_independence_per_image
 
-__all__ = ["CRITERIA", "GroupScores", "score_groups"]
+__all__ = ["CRITERIA", "GroupScores", "score_groups", "spearman", "UNSTABLE_BELOW"]
 
-
-# A criterion maps a batch of feature maps (N, C, ...) to (per-channel score sum, normaliser sum, N).
-CRITERIA: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, int]]] = {
-    "chip": channel_independence_sums,
+# A criterion maps a batch of feature maps (N, C, ...) to per-image scores (N, C) and per-image
+# normalisers (N,), both float64.
+CRITERIA: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+    "chip": channel_independence_per_image,
 }
+
+# Split-half rank correlation below which a group's ranking is reported as unstable.
+UNSTABLE_BELOW = 0.8
 
 
 @dataclass
@@ -41,26 +49,49 @@ class GroupScores:
     scores: torch.Tensor  # (channels,), float64
     maps: list[str]  # the feature maps that were scored, "module:input" or "module:output"
     images: int
+    split_half_spearman: float  # rank correlation of the scores of two disjoint halves of the images
 
 
 class _Accumulator:
+    """Running sums of one feature map's scores, for the two halves of the images."""
+
     def __init__(self) -> None:
-        self.score_sum: torch.Tensor | None = None
-        self.norm_sum = 0.0
-        self.images = 0
+        self.score_sum: torch.Tensor | None = None  # (2, C)
+        self.norm_sum = torch.zeros(2, dtype=torch.float64)
+        self.images = torch.zeros(2, dtype=torch.float64)
         self.spatial = False
 
-    def add(self, score_sum: torch.Tensor, norm_sum: torch.Tensor, n: int) -> None:
-        s = score_sum.detach().double().cpu()
-        self.score_sum = s if self.score_sum is None else self.score_sum + s
-        self.norm_sum += float(norm_sum)
-        self.images += n
+    def add(self, scores: torch.Tensor, norms: torch.Tensor, first_image: int) -> None:
+        scores, norms = scores.double().cpu(), norms.double().cpu()
+        half = (torch.arange(scores.shape[0]) + first_image) % 2
+        sums = torch.zeros(2, scores.shape[1], dtype=torch.float64).index_add_(0, half, scores)
+        self.score_sum = sums if self.score_sum is None else self.score_sum + sums
+        self.norm_sum += torch.zeros(2, dtype=torch.float64).index_add_(0, half, norms)
+        self.images += torch.bincount(half, minlength=2).double()
 
-    def normalised_mean(self) -> torch.Tensor:
+    def normalised_mean(self, halves: list[int]) -> torch.Tensor:
         assert self.score_sum is not None
-        mean = self.score_sum / max(self.images, 1)
-        norm = self.norm_sum / max(self.images, 1)
+        images = self.images[halves].sum().clamp_min(1)
+        mean = self.score_sum[halves].sum(0) / images
+        norm = self.norm_sum[halves].sum() / images
         return mean / norm if norm > 0 else mean
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman rank correlation with average ranks for ties; 1.0 when either side is constant."""
+
+    def ranks(v: torch.Tensor) -> torch.Tensor:
+        order = torch.argsort(v, stable=True)
+        r = torch.empty_like(v, dtype=torch.float64)
+        r[order] = torch.arange(len(v), dtype=torch.float64)
+        _, inverse = torch.unique(v, return_inverse=True)
+        mean_rank = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64).index_add_(0, inverse, r)
+        return mean_rank[inverse] / torch.bincount(inverse).double()[inverse]
+
+    rx, ry = ranks(x.double()), ranks(y.double())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denom = float((rx.square().sum() * ry.square().sum()).sqrt())
+    return float((rx * ry).sum()) / denom if denom > 0 else 1.0
 
 
 def score_groups(
@@ -93,6 +124,15 @@ def score_groups(
     # Maps already scored in this batch, by identity. Weak references: a freed map's memory can be
     # reused by a later map, which must not be mistaken for the same tensor.
     seen_this_batch: dict[int, tuple[weakref.ref, tuple[str, str]]] = {}
+    images = 0
+
+    def compute(key: tuple[str, str], tensor: torch.Tensor, first_image: int) -> None:
+        try:
+            scores, norms = score_fn(tensor)
+        except ChipPruneError as exc:
+            raise ChipPruneError(f"while scoring the map at {key[0]} ({key[1]}): {exc}") from None
+        accumulators[key].add(scores, norms, first_image)
+        accumulators[key].spatial = tensor.dim() > 2 and tensor[0, 0].numel() > 1
 
     def record(key: tuple[str, str], tensor: torch.Tensor) -> None:
         ref, owner = seen_this_batch.get(id(tensor), (None, None))
@@ -100,11 +140,7 @@ def score_groups(
             aliases[key] = owner  # the same tensor feeds two layers: count it once
             return
         seen_this_batch[id(tensor)] = (weakref.ref(tensor), key)
-        try:
-            accumulators[key].add(*score_fn(tensor))
-            accumulators[key].spatial = tensor.dim() > 2 and tensor[0, 0].numel() > 1
-        except ChipPruneError as exc:
-            raise ChipPruneError(f"while scoring the map at {key[0]} ({key[1]}): {exc}") from None
+        compute(key, tensor, images)
 
     hooks = []
     for name, kind in keys:
@@ -115,7 +151,6 @@ def score_groups(
         else:
             hooks.append(modules[name].register_forward_hook(lambda _m, _a, out, k=(name, kind): record(k, out)))
     model.eval()
-    images = 0
     try:
         with torch.inference_mode():
             for x, _ in tqdm(batches, desc=f"scoring ({criterion})", total=total, disable=not progress, unit="batch"):
@@ -127,24 +162,32 @@ def score_groups(
             h.remove()
     if images == 0:
         raise ChipPruneError("no calibration images: the data split is empty")
+    return {g.name: _combine(g, accumulators, aliases, images) for g in groups}
 
-    results = {}
-    for g in groups:
-        total_scores = torch.zeros(g.channels, dtype=torch.float64)
-        counts = torch.zeros(g.channels, dtype=torch.float64)
-        used: list[str] = []
-        # A map fed to two layers is scored once, under the first layer that ran.
-        sources = {(aliases.get((s.module_name, s.kind), (s.module_name, s.kind))): s for s in g.sources}
-        sources = {k: s for k, s in sources.items() if accumulators[k].score_sum is not None}
-        # Prefer spatial maps; a pooled vector (a classifier's input) says little about redundancy.
-        if any(accumulators[k].spatial for k in sources):
-            sources = {k: s for k, s in sources.items() if accumulators[k].spatial}
-        if not sources:
-            raise ChipPruneError(f"no feature map of group '{g.name}' was seen during the forward pass")
+
+def _combine(
+    group: ChannelGroup,
+    accumulators: dict[tuple[str, str], _Accumulator],
+    aliases: dict[tuple[str, str], tuple[str, str]],
+    images: int,
+) -> GroupScores:
+    # A map fed to two layers is scored once, under the first layer that ran.
+    sources = {aliases.get((s.module_name, s.kind), (s.module_name, s.kind)): s for s in group.sources}
+    sources = {k: s for k, s in sources.items() if accumulators[k].score_sum is not None}
+    # Prefer spatial maps; a pooled vector (a classifier's input) says little about redundancy.
+    if any(accumulators[k].spatial for k in sources):
+        sources = {k: s for k, s in sources.items() if accumulators[k].spatial}
+    if not sources:
+        raise ChipPruneError(f"no feature map of group '{group.name}' was seen during the forward pass")
+
+    def mean_over_maps(halves: list[int]) -> torch.Tensor:
+        total = torch.zeros(group.channels, dtype=torch.float64)
+        counts = torch.zeros(group.channels, dtype=torch.float64)
         for key, src in sources.items():
-            per_map = accumulators[key].normalised_mean()
-            total_scores.index_add_(0, src.root_channels, per_map[src.positions])
+            per_map = accumulators[key].normalised_mean(halves)
+            total.index_add_(0, src.root_channels, per_map[src.positions])
             counts.index_add_(0, src.root_channels, torch.ones(len(src.root_channels), dtype=torch.float64))
-            used.append(f"{key[0]}:{key[1]}")
-        results[g.name] = GroupScores(g.name, total_scores / counts.clamp_min(1), used, images)
-    return results
+        return total / counts.clamp_min(1)
+
+    rho = spearman(mean_over_maps([0]), mean_over_maps([1])) if images > 1 else float("nan")
+    return GroupScores(group.name, mean_over_maps([0, 1]), [f"{k[0]}:{k[1]}" for k in sources], images, rho)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from .files import save_tensors, write_json
 from .models.registry import get_model_spec, list_models
 from .pipeline import Calibration, load_model, load_pruned, prunable_groups, prune, save_pruned, score
 from .plan import PAPER_SPARSITY
-from .summary import prune_summary
+from .summary import prune_summary, score_summary
 
 DEFAULT_MODEL = "cifar_resnet56"
 
@@ -75,23 +76,26 @@ def cmd_score(args: argparse.Namespace) -> None:
     model, spec = load_model(args.model, args.weights, args.num_classes)
     model.to(device)
     _, groups, _ = prunable_groups(model, spec)
+    t0 = time.perf_counter()
     scores = score(model, spec, _calibration(args), groups=groups, criterion=args.criterion, device=device, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
     out = Path(args.out)
+    images = next(iter(scores.values())).images
     save_tensors({k: v.scores for k, v in scores.items()}, out, metadata={"model": spec.name, "criterion": args.criterion})
     write_json(
         out.with_suffix(".json"),
         {
             "model": spec.name,
             "criterion": args.criterion,
-            "images": next(iter(scores.values())).images,
-            "groups": {k: {"maps": v.maps, "scores": [float(s) for s in v.scores]} for k, v in scores.items()},
+            "images": images,
+            "seconds": round(seconds, 3),
+            "groups": {
+                k: {"maps": v.maps, "split_half_spearman": v.split_half_spearman, "scores": [float(s) for s in v.scores]}
+                for k, v in scores.items()
+            },
         },
     )
-    print(f"{'group':28}{'channels':>9}{'maps':>6}{'min':>11}{'median':>11}{'max':>11}")
-    for k, v in scores.items():
-        s = v.scores
-        print(f"{k:28}{s.numel():>9}{len(v.maps):>6}{s.min():>11.4g}{s.median():>11.4g}{s.max():>11.4g}")
-    print(f"\nscored {len(scores)} groups on {next(iter(scores.values())).images} images; saved {out} and {out.with_suffix('.json')}")
+    print(score_summary(scores, images, seconds, str(out)))
 
 
 def cmd_prune(args: argparse.Namespace) -> None:

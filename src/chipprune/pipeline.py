@@ -186,6 +186,7 @@ def prune(
                 "channels_after": len(keep),
                 "removed": remove,
                 "scored_maps": scores[g.name].maps,
+                "split_half_spearman": round(scores[g.name].split_half_spearman, 4),
             }
         )
     timings["prune_s"] = time.perf_counter() - t0

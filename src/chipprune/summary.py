@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .scoring import UNSTABLE_BELOW, GroupScores
+
 
 def _change(before: float, after: float) -> str:
     return f"{100.0 * (after - before) / before:+.1f}%" if before else ""
@@ -36,15 +38,49 @@ def prune_summary(report: dict[str, Any], record: dict[str, Any], folder: str | 
         lines.append(f"  test set: {report['test_images']} images.")
     for note in record.get("notes", []):
         lines.append(f"note: {note}")
+    unstable = [g["group"] for g in record["groups"] if g.get("split_half_spearman", 1.0) < UNSTABLE_BELOW]
+    if unstable:
+        lines.append(
+            f"warning: {len(unstable)} pruned group(s) rank channels differently on two halves of the calibration "
+            f"images (Spearman < {UNSTABLE_BELOW}): {', '.join(unstable[:5])}{' ...' if len(unstable) > 5 else ''}; "
+            "consider more --calib-images."
+        )
     if verbose:
-        lines += ["", f"{'group':28}{'members':>8}{'ratio':>7}{'channels':>14}"]
+        lines += ["", f"{'group':28}{'members':>8}{'ratio':>7}{'channels':>14}{'split-half rho':>16}"]
         for g in record["groups"]:
             lines.append(
                 f"{g['group']:28}{len(g['members']):>8}{g['ratio']:>7.2f}"
-                f"{str(g['channels_before']) + ' -> ' + str(g['channels_after']):>14}"
+                f"{str(g['channels_before']) + ' -> ' + str(g['channels_after']):>14}{g['split_half_spearman']:>16.3f}"
             )
     timings = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in report.get("timings", {}).items())
     lines += ["", f"time: {timings}"]
     if folder:
         lines.append(f"saved: {folder}/ (model.safetensors, pruning.json, report.json)")
     return "\n".join(lines)
+
+
+def score_summary(scores: dict[str, GroupScores], images: int, seconds: float, out: str) -> str:
+    """Per-group score table with the split-half rank correlation, and a warning for unstable groups."""
+    lines = [f"{'group':28}{'channels':>9}{'maps':>6}{'min':>11}{'median':>11}{'max':>11}{'split-half rho':>16}"]
+    for k, v in scores.items():
+        s = v.scores
+        flag = "  unstable" if v.split_half_spearman < UNSTABLE_BELOW else ""
+        lines.append(
+            f"{k:28}{s.numel():>9}{len(v.maps):>6}{s.min():>11.4g}{s.median():>11.4g}{s.max():>11.4g}"
+            f"{v.split_half_spearman:>16.3f}{flag}"
+        )
+    lines.append(f"\nscored {len(scores)} groups on {images} images in {seconds:.1f} s; saved {out} and its .json twin")
+    lines.extend(stability_warnings(scores))
+    return "\n".join(lines)
+
+
+def stability_warnings(scores: dict[str, GroupScores]) -> list[str]:
+    """A warning line when some groups rank their channels differently on two halves of the images."""
+    unstable = [k for k, v in scores.items() if v.split_half_spearman < UNSTABLE_BELOW]
+    if not unstable:
+        return []
+    return [
+        f"warning: {len(unstable)} group(s) rank their channels differently on two halves of the calibration "
+        f"images (Spearman < {UNSTABLE_BELOW}): {', '.join(unstable[:5])}{' ...' if len(unstable) > 5 else ''}. "
+        "More calibration images (--calib-images) would make their pruning choice more reliable."
+    ]

@@ -1,0 +1,191 @@
+"""How fast and how exact is CHIP scoring? Forward passes vs the whole score step vs the official loop.
+
+    python bench/score_speed.py [--shared ../shared] [--official-images 2] [--repeats 3] [--out FILE]
+
+ResNet-56 (bundled weights) and 640 calibration images (5 x 128, ../shared CIFAR-10 when present,
+else the bundled sample), all 30 groups / 55 feature maps, as `chipprune score` does.
+
+1. Speed, measured in one run (median of --repeats, interleaved):
+   - bare forward passes over the calibration loader (data loading included);
+   - chipprune's whole score step (the same loop with hooks and CI);
+   - the official per-channel loop (re-implemented below from the official CHIP code: per image
+     and channel, clone the batch, zero the row, nuclear norm of the float32 map rounded to 4
+     decimals), timed on --official-images images of every map and extrapolated to 640 images.
+     The official code also writes every map to disk first; that time is not counted.
+2. Exactness against a literal float64 evaluation of the definition (one SVD per image and
+   channel): random maps of several shapes, and 4 real images of every one of the 55 maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import chipprune
+from chipprune.independence import channel_independence
+from chipprune.pipeline import Calibration, prunable_groups, score
+
+
+# --- the official loop, as in the CHIP repository's calculate_ci.py ---------------------------------
+def _reduced_1_row_norm(batch: torch.Tensor, row_index: int, data_index: int) -> float:
+    batch[data_index, row_index, :] = torch.zeros(batch.shape[-1])
+    return torch.norm(batch[data_index, :, :], p="nuc").item()
+
+
+def official_ci(maps: np.ndarray, images: int) -> np.ndarray:
+    """CI of the first ``images`` images of one batch of maps (N, C, H, W), the official way."""
+    conv_output = torch.tensor(np.round(maps, 4))
+    conv_reshape = conv_output.reshape(conv_output.shape[0], conv_output.shape[1], -1)
+    r1_norm = torch.zeros([images, conv_reshape.shape[1]])
+    for i in range(images):
+        for j in range(conv_reshape.shape[1]):
+            r1_norm[i, j] = _reduced_1_row_norm(conv_reshape.clone(), j, data_index=i)
+    ci = np.zeros_like(r1_norm)
+    for i in range(images):
+        original_norm = torch.norm(conv_reshape[i, :, :].clone(), p="nuc").item()
+        ci[i] = original_norm - r1_norm[i]
+    return ci
+
+
+def direct_float64(maps: torch.Tensor) -> torch.Tensor:
+    a = maps.reshape(maps.shape[0], maps.shape[1], -1).double()
+    out = torch.zeros(a.shape[1], dtype=torch.float64)
+    for img in a:
+        full = torch.linalg.svdvals(img).sum()
+        for j in range(img.shape[0]):
+            masked = img.clone()
+            masked[j] = 0
+            out[j] += full - torch.linalg.svdvals(masked).sum()
+    return out / a.shape[0]
+
+
+def _errors(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
+    rel = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+    # Rankings must agree except among exactly tied reference values (dead channels score 0).
+    same = True
+    order = torch.argsort(ref, stable=True)
+    for a, b in zip(order[:-1], order[1:]):
+        if ref[a] != ref[b] and got[a] >= got[b] and (ref[b] - ref[a]) > 1e-7 * ref.abs().max():
+            same = False
+    return rel, same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument("--official-images", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    data = args.shared / "data" / "cifar10"
+    data = data if data.is_dir() else "bundled"
+    model, spec = chipprune.load_model("cifar_resnet56", "bundled")
+    _, groups, _ = prunable_groups(model, spec)
+    calib = Calibration(data=data, images=640, batch_size=128)
+    loader = calib.loader(spec)
+    n_maps = len({(s.module_name, s.kind) for g in groups for s in g.sources})
+    print(f"ResNet-56, {len(groups)} groups, {n_maps} feature maps, 640 images from {data}")
+
+    def forward() -> None:
+        torch.manual_seed(0)
+        with torch.inference_mode():
+            for x, _ in loader:
+                model(x)
+
+    def scoring() -> None:
+        score(model, spec, calib, groups=groups, progress=False)
+
+    forward()  # warm-up
+    t_fwd, t_score = [], []
+    for _ in range(args.repeats):
+        for fn, acc in ((forward, t_fwd), (scoring, t_score)):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    fwd, sco = statistics.median(t_fwd), statistics.median(t_score)
+
+    # Capture the first batch's maps exactly as scoring sees them (inputs of the consuming layers).
+    maps: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    keys = sorted({s.module_name for g in groups for s in g.sources})
+    hooks = [modules[k].register_forward_pre_hook(lambda _m, a, k=k: maps.__setitem__(k, a[0].detach().clone())) for k in keys]
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model(next(iter(loader))[0])
+    for h in hooks:
+        h.remove()
+    spatial = {k: v for k, v in maps.items() if v.dim() == 4}
+
+    # Official loop: time per image on every map, extrapolated to 640 images.
+    official_per_image = 0.0
+    ours_per_image = 0.0
+    for name, m in spatial.items():
+        t0 = time.perf_counter()
+        official_ci(m.numpy(), args.official_images)
+        official_per_image += (time.perf_counter() - t0) / args.official_images
+        t0 = time.perf_counter()
+        channel_independence(m)
+        ours_per_image += (time.perf_counter() - t0) / m.shape[0]
+    official_640 = official_per_image * 640
+    ours_ci_640 = ours_per_image * 640
+
+    # Exactness.
+    worst_random, worst_real, rankings_ok = 0.0, 0.0, True
+    torch.manual_seed(0)
+    for shape in [(4, 16, 32, 32), (4, 32, 16, 16), (4, 64, 8, 8), (4, 256, 7, 7), (4, 40, 3, 3)]:
+        x = torch.relu(torch.randn(shape))
+        rel, same = _errors(channel_independence(x), direct_float64(x))
+        worst_random, rankings_ok = max(worst_random, rel), rankings_ok and same
+    for name, m in spatial.items():
+        rel, same = _errors(channel_independence(m[:4]), direct_float64(m[:4]))
+        worst_real, rankings_ok = max(worst_real, rel), rankings_ok and same
+
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    rows = [
+        ("bare forward passes (640 images)", fwd, 1.0),
+        ("chipprune score step (forward + CI, all maps)", sco, sco / fwd),
+        ("  of which CI alone (estimated: score - forward)", sco - fwd, (sco - fwd) / fwd),
+        ("chipprune CI on the same maps, per-image rate x 640", ours_ci_640, ours_ci_640 / fwd),
+        (f"official per-channel loop, {args.official_images} images/map x 640", official_640, official_640 / fwd),
+    ]
+    print(f"\n{'step':56}{'seconds':>10}{'x forward':>11}")
+    for label, sec, ratio in rows:
+        print(f"{label:56}{sec:>10.2f}{ratio:>11.2f}")
+    print(f"\nofficial loop / chipprune score step: {official_640 / sco:.0f}x")
+    print(f"official loop / chipprune CI only:     {official_640 / ours_ci_640:.0f}x")
+    print(f"max relative error vs float64 definition: random maps {worst_random:.1e}, real maps (55 x 4 images) {worst_real:.1e}")
+    print(f"rankings identical except exact ties: {rankings_ok}")
+    print(f"machine: {machine}")
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "data": str(data),
+                    "forward_s": fwd,
+                    "score_s": sco,
+                    "score_over_forward": sco / fwd,
+                    "official_extrapolated_s": official_640,
+                    "official_over_score": official_640 / sco,
+                    "ci_only_s": ours_ci_640,
+                    "max_rel_error_random": worst_random,
+                    "max_rel_error_real": worst_real,
+                    "rankings_identical": rankings_ok,
+                    "timings_forward": t_fwd,
+                    "timings_score": t_score,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from chipprune import ChipPruneError, Calibration, get_model_spec, score
+from chipprune.independence import channel_independence, channel_independence_per_image
+from chipprune.models import create_model
+from chipprune.pipeline import prunable_groups
+from chipprune.scoring import UNSTABLE_BELOW, score_groups, spearman
+from chipprune.summary import score_summary
+
+
+def test_spearman_known_answers():
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert spearman(x, x * 10 + 3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    # Ties get average ranks: x ranks [1, 2.5, 2.5, 4], y ranks [1, 3, 2, 4] -> rho = 4.5 / sqrt(4.5 * 5).
+    assert spearman(torch.tensor([1.0, 2.0, 2.0, 3.0]), torch.tensor([1.0, 3.0, 2.0, 4.0])) == pytest.approx(
+        4.5 / (4.5 * 5.0) ** 0.5
+    )
+    assert spearman(torch.ones(4), x[:4]) == 1.0  # a constant side carries no ranking to disagree with
+
+
+def test_per_image_scores_average_to_the_mean():
+    torch.manual_seed(0)
+    maps = torch.relu(torch.randn(6, 12, 4, 4))
+    ci, nuclear = channel_independence_per_image(maps)
+    assert ci.shape == (6, 12) and nuclear.shape == (6,)
+    assert torch.allclose(ci.mean(0), channel_independence(maps))
+    assert torch.allclose(nuclear, torch.linalg.matrix_norm(maps.reshape(6, 12, -1).double(), ord="nuc"))
+
+
+def _batches(n_batches, batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, 3, 32, 32, generator=g), torch.zeros(batch, dtype=torch.long)) for _ in range(n_batches)]
+
+
+def test_streaming_equals_scoring_all_images_at_once():
+    model = create_model("cifar_resnet20").eval()
+    _, groups, _ = prunable_groups(model, get_model_spec("cifar_resnet20"))
+    batches = _batches(3, 8)
+    streamed = score_groups(model, groups, batches, progress=False)
+    at_once = score_groups(model, groups, [(torch.cat([b[0] for b in batches]), None)], progress=False)
+    for name in streamed:
+        assert torch.allclose(streamed[name].scores, at_once[name].scores, rtol=1e-9)
+        assert streamed[name].images == 24
+
+
+def test_interchangeable_channels_give_an_instability_warning():
+    # Pure-noise channels are statistically identical: two halves of the images rank them at random.
+    from chipprune.graph import ChannelGroup, FeatureSource
+
+    idx = torch.arange(16)
+    group = ChannelGroup("noise", 16, ["noise"], [FeatureSource("0", "input", idx, idx)])
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.rand(8, 16, 6, 6, generator=g), None) for _ in range(2)]
+    scores = score_groups(nn.Sequential(nn.Conv2d(16, 2, 1)), [group], batches, progress=False)
+    assert scores["noise"].split_half_spearman < UNSTABLE_BELOW
+    assert "warning: 1 group(s)" in score_summary(scores, 16, 1.0, "x.safetensors")
+
+
+def test_real_weights_rank_stably_on_640_images():
+    model, spec = __import__("chipprune").load_model("cifar_resnet56", "bundled")
+    scores = score(model, spec, Calibration(images=640), progress=False)
+    assert min(s.split_half_spearman for s in scores.values()) > 0.9
+
+
+def test_nan_feature_map_names_the_layer_and_hooks_are_removed():
+    model = create_model("cifar_resnet20").eval()
+    _, groups, _ = prunable_groups(model, get_model_spec("cifar_resnet20"))
+    model.layer2[1].bn1.weight.data[3] = float("nan")
+    with pytest.raises(ChipPruneError, match=r"layer2\.1\.conv2 .*NaN"):
+        score_groups(model, groups, _batches(1, 2), progress=False)
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+def test_group_without_visible_map_is_refused():
+    from chipprune.graph import ChannelGroup
+
+    with pytest.raises(ChipPruneError, match="no feature map"):
+        score_groups(nn.Conv2d(3, 4, 1), [ChannelGroup("x", 4, ["x"], [])], _batches(1, 2), progress=False)

@@ -14,9 +14,25 @@ from .data import BUNDLED
 from .errors import ChipPruneError
 from .files import save_tensors, write_json
 from .models.registry import get_model_spec, list_models
-from .pipeline import Calibration, load_model, load_pruned, prunable_groups, prune, save_pruned, score
+from .criteria import CRITERIA_NAMES
+from .data import make_loader, make_transform, open_data
+from .export import export_onnx
+from .files import read_json
+from .latency import measure_latency
+from .metrics import count_macs, count_params, evaluate
+from .models.registry import create_model
+from .pipeline import (
+    Calibration,
+    load_model,
+    load_pruned,
+    make_pruning_plan,
+    prunable_groups,
+    prune,
+    save_pruned,
+    score,
+)
 from .plan import PAPER_SPARSITY
-from .summary import prune_summary, score_summary
+from .summary import plan_summary, prune_summary, score_summary
 
 DEFAULT_MODEL = "cifar_resnet56"
 
@@ -38,6 +54,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "'bundled' for the shipped ones (default), or 'none' for random initialisation",
     )
     p.add_argument("--num-classes", type=int, default=None, help="classifier outputs, if not the model's default")
+    p.add_argument("--image-size", type=int, default=None, help="input size to trace and count at (default: the model's)")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -50,7 +67,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib-images", type=int, default=640, help="calibration images (default 640 = 5 x 128)")
     p.add_argument("--batch-size", type=int, default=128, help="calibration batch size (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed for image choice and augmentation")
-    p.add_argument("--criterion", default="chip", choices=["chip"], help="channel scoring criterion")
+    p.add_argument(
+        "--criterion", default="chip", choices=list(CRITERIA_NAMES),
+        help="chip (default), hrank (mean map rank), l1 (weight magnitude), random",
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -73,7 +93,7 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     device = _device(args.device)
-    model, spec = load_model(args.model, args.weights, args.num_classes)
+    model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     model.to(device)
     _, groups, _ = prunable_groups(model, spec)
     t0 = time.perf_counter()
@@ -100,11 +120,20 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     device = _device(args.device)
-    model, spec = load_model(args.model, args.weights, args.num_classes)
+    model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
+    model.to(device)
+    if args.dry_run:
+        _, groups, _ = prunable_groups(model, spec, args.ignore)
+        plan = make_pruning_plan(model, spec, groups, sparsity=args.sparsity, target_macs=args.target_macs, round_to=args.round_to)
+        print(plan_summary(spec.name, groups, plan, count_params(model), count_macs(model, spec.image_size)))
+        return
     result = prune(
         model,
         spec,
         sparsity=args.sparsity,
+        target_macs=args.target_macs,
+        round_to=args.round_to,
+        ignored=args.ignore,
         calibration=_calibration(args),
         criterion=args.criterion,
         evaluate_on=not args.no_eval,
@@ -112,27 +141,45 @@ def cmd_prune(args: argparse.Namespace) -> None:
         device=device,
         progress=not args.quiet,
     )
-    folder = Path(args.out) if args.out else Path("chipprune-out") / spec.name
+    folder = Path(args.out) if args.out else Path("chipprune-out") / spec.name.replace(":", "_")
     save_pruned(result, folder)
     print(prune_summary(result.report, result.record, str(folder), args.verbose))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .data import make_loader, make_transform, open_data
-    from .files import read_json
-    from .metrics import count_macs, count_params, evaluate
-
     device = _device(args.device)
     model = load_pruned(args.folder, device)
     record = read_json(Path(args.folder) / "pruning.json")
-    spec = get_model_spec(record["model"])
-    source = open_data(args.data)
-    loader = make_loader(source.split("test", make_transform(spec, False, source.image_size)), 256)
-    acc = evaluate(model, loader, device, progress=not args.quiet)
-    print(
-        f"{record['model']} (pruned, {args.folder}): params {count_params(model):,}, MACs {count_macs(model, spec.image_size):,}, "
-        f"top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['images']} test images of {source.description}"
-    )
+    spec = get_model_spec(record["model"], record.get("image_size"))
+    params, macs = count_params(model), count_macs(model, spec.image_size)
+    print(f"{record['model']} (pruned, {args.folder}): params {params:,}, MACs {macs:,}")
+    if not args.no_accuracy:
+        source = open_data(args.data)
+        loader = make_loader(source.split("test", make_transform(spec, False, source.image_size)), 256)
+        acc = evaluate(model, loader, device, progress=not args.quiet)
+        print(f"top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['images']} test images of {source.description}")
+    if args.latency:
+        original = create_model(spec.name, record.get("num_classes"))
+        base_macs = count_macs(original, spec.image_size)
+        print(f"\nlatency on {device} ({torch.get_num_threads()} threads), {spec.image_size}x{spec.image_size} images:")
+        print(f"{'batch':>6}{'original ms':>14}{'pruned ms':>12}{'speed-up':>10}{'MAC reduction':>15}")
+        for batch in args.batch_sizes:
+            before = measure_latency(original, spec.image_size, batch, device=device)
+            after = measure_latency(model, spec.image_size, batch, device=device)
+            print(
+                f"{batch:>6}{before.median_ms:>9.2f} ±{before.iqr_ms:<4.2f}{after.median_ms:>7.2f} ±{after.iqr_ms:<4.2f}"
+                f"{before.median_ms / after.median_ms:>9.2f}x{base_macs / macs:>14.2f}x"
+            )
+        print("(median over repeated runs after warm-up, ± interquartile range; the original has the same architecture, random weights)")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    folder = Path(args.folder)
+    model = load_pruned(folder)
+    record = read_json(folder / "pruning.json")
+    out = Path(args.out) if args.out else folder / "model.onnx"
+    diff = export_onnx(model, int(record["image_size"]), out)
+    print(f"wrote {out}; ONNX Runtime matches PyTorch (max abs difference {diff:.2e} on random inputs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,19 +200,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="score, prune and report (default: ResNet-56, paper setting, bundled data)")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--sparsity", default=None, help="paper string like '[0.]+[0.15]*2+[0.4]*27' or one ratio like 0.3")
+    p.add_argument(
+        "--sparsity", default=None,
+        help="paper string like '[0.]+[0.15]*2+[0.4]*27', one ratio for every layer like 0.3, "
+        "or a .json/.yaml file mapping layer names or glob patterns to ratios",
+    )
+    p.add_argument("--target-macs", type=float, default=None, help="MAC budget: a fraction (0.5) or an absolute count")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of this (e.g. 8)")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER", help="layers whose output channels stay")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (channels, params, MACs) and stop")
     p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL)")
     p.add_argument("--no-eval", action="store_true", help="skip test-set evaluation")
     p.add_argument("--no-bn-recalibration", action="store_true", help="keep the BatchNorm statistics as pruned")
     p.add_argument("--verbose", "-v", action="store_true", help="print channels kept per group")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("eval", help="evaluate a pruned folder on a test split")
+    p = sub.add_parser("eval", help="evaluate a pruned folder: accuracy, and latency against the original")
     p.add_argument("folder", help="folder written by 'chipprune prune'")
     p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
+    p.add_argument("--no-accuracy", action="store_true", help="skip the test-set evaluation")
+    p.add_argument("--latency", action="store_true", help="measure latency of the original and the pruned model")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a pruned folder to ONNX, checked with ONNX Runtime")
+    p.add_argument("folder", help="folder written by 'chipprune prune'")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", default=None, help="output file (default FOLDER/model.onnx)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -7,6 +7,7 @@ Each group is named after its root module (the first prunable conv of the group 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ class FeatureSource:
     kind: str  # "input" or "output"
     positions: torch.Tensor
     root_channels: torch.Tensor
+    channel_dim: int = 1  # where the channels are: 1 (N, C, H, W), or -1 for a Linear's (..., C) input
 
 
 @dataclass
@@ -75,6 +77,9 @@ class ChannelGroup:
     channels: int
     members: list[str]  # modules whose output channels belong to the group
     sources: list[FeatureSource] = field(default_factory=list)
+    # Grouped convolutions (ResNeXt, RegNet) split the channels into this many equal blocks that
+    # must stay equal: the same positions are removed from every block.
+    channel_groups: int = 1
 
 
 def find_classifier(model: nn.Module, example: torch.Tensor) -> str:
@@ -102,8 +107,19 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     Nothing is left out of the trace: ignored layers keep their output channels but must still
     lose input channels when the layers feeding them are pruned.
     """
-    with torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=CUSTOM_PRUNERS)
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            # Parameters outside layers (ConvNeXt's layer_scale, shape (C, 1, 1)) are pruned along their
+            # channel dimension, which is what we want; the notice about it is noise for our users.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=CUSTOM_PRUNERS)
+    except (ArithmeticError, IndexError, KeyError, ValueError, RuntimeError, AssertionError) as exc:
+        # Torch-Pruning 1.6 cannot follow some channel reorderings, e.g. ShuffleNetV2's channel shuffle.
+        raise ChipPruneError(
+            f"Torch-Pruning could not trace which channels of {type(model).__name__} are coupled "
+            f"({type(exc).__name__}: {exc}). Models that reorder channels with reshapes (channel "
+            "shuffle) are not supported; list such blocks with --ignore, or prune another architecture."
+        ) from None
 
 
 def build_groups(
@@ -118,10 +134,15 @@ def build_groups(
     for group in dg.get_all_groups(ignored_layers=[modules[n] for n in ignored], root_module_types=(nn.Conv2d, nn.Linear)):
         root = group[0].dep.target.module
         members, sources = [], []
+        channel_groups = 1
         for item in group:
             module, handler = item.dep.target.module, item.dep.handler
             if not isinstance(module, nn.Module) or module not in names:
                 continue
+            pruner = dg.get_pruner_of_module(module)
+            if pruner is not None and not (isinstance(module, nn.Conv2d) and module.groups == module.out_channels):
+                fn = pruner.get_out_channel_groups if dg.is_out_channel_pruning_fn(handler) else pruner.get_in_channel_groups
+                channel_groups = max(channel_groups, int(fn(module)))
             if dg.is_out_channel_pruning_fn(handler) and isinstance(module, (nn.Conv2d, nn.Linear, PadShortcut)):
                 members.append(names[module])
             if dg.is_in_channel_pruning_fn(handler) and isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -131,12 +152,13 @@ def build_groups(
                         "input",
                         torch.as_tensor(item.idxs, dtype=torch.long),
                         torch.as_tensor(item.root_idxs, dtype=torch.long),
+                        channel_dim=-1 if isinstance(module, nn.Linear) else 1,
                     )
                 )
         channels = dg.get_pruner_of_module(root).get_out_channels(root)
         members = sorted(set(members), key=order.index)
         # Name a group after its first member in module order, so names do not depend on tracing order.
-        groups.append(ChannelGroup(members[0], int(channels), members, sources))
+        groups.append(ChannelGroup(members[0], int(channels), members, sources, channel_groups))
     groups.sort(key=lambda g: order.index(g.name))
     return dg, groups
 

@@ -1,39 +1,46 @@
-"""The CHIP pipeline as a library: load a model, score its channels, prune it, save and reload it.
+"""The CHIP pipeline as a library: load a model, plan, score, prune, save and reload it.
 
     import chipprune
     model, spec = chipprune.load_model("cifar_resnet56", weights="bundled")
-    result = chipprune.prune(model, spec, sparsity="[0.]+[0.15]*2+[0.4]*27", data="bundled")
+    result = chipprune.prune(model, spec, sparsity="[0.]+[0.15]*2+[0.4]*27", calibration=chipprune.Calibration())
     chipprune.save_pruned(result, "out/")
     same = chipprune.load_pruned("out/")
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
 from . import __version__
+from .criteria import needs_images, score_with
 from .data import DataSource, make_loader, make_transform, open_data
 from .errors import ChipPruneError
 from .files import read_json, save_state_dict, write_json
 from .graph import ChannelGroup, build_graph, build_groups, find_classifier, prune_group
 from .metrics import count_macs, count_params, evaluate, recalibrate_batchnorm
 from .models.registry import ModelSpec, create_model, get_model_spec
-from .plan import PAPER_SPARSITY, make_plan, paper_feature_sources, select_channels
-from .scoring import GroupScores, score_groups
+from .plan import PAPER_SPARSITY, channels_to_keep, make_plan, paper_feature_sources, select_channels
+from .scoring import GroupScores
 from .weights import load_weights
 
 __all__ = [
     "Calibration",
+    "Plan",
     "PruneResult",
     "load_model",
     "prunable_groups",
+    "make_pruning_plan",
     "score",
+    "prune_model",
     "prune",
     "save_pruned",
     "load_pruned",
@@ -42,9 +49,12 @@ __all__ = [
 PRUNED_FORMAT = "chipprune-pruned/1"
 
 
-def load_model(name: str, weights: str | Path | None = "bundled", num_classes: int | None = None) -> tuple[nn.Module, ModelSpec]:
-    """Build a registry model and load weights: ``"bundled"`` (shipped ones, if any), a file path, or None."""
-    spec = get_model_spec(name)
+def load_model(
+    name: str, weights: str | Path | None = "bundled", num_classes: int | None = None, image_size: int | None = None
+) -> tuple[nn.Module, ModelSpec]:
+    """Build a registry model (or ``package.module:function``) and load weights: ``"bundled"`` (the
+    shipped ones; an error for models that ship none), a file path, or None/"none" (random init)."""
+    spec = get_model_spec(name, image_size)
     model = create_model(name, num_classes)
     if weights == "bundled":
         path = spec.bundled_weights_path()
@@ -81,15 +91,138 @@ def _example_input(spec: ModelSpec, device: torch.device | str = "cpu") -> torch
     return torch.zeros(1, 3, spec.image_size, spec.image_size, device=device)
 
 
-def prunable_groups(model: nn.Module, spec: ModelSpec, ignored: list[str] | None = None):
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def prunable_groups(
+    model: nn.Module, spec: ModelSpec, ignored: list[str] | None = None
+) -> tuple[tp.DependencyGraph, list[ChannelGroup], str]:
     """Trace ``model`` and return (dependency graph, coupled channel groups, classifier name)."""
     model.eval()
-    device = next(model.parameters()).device
-    example = _example_input(spec, device)
+    example = _example_input(spec, _device_of(model))
     classifier = find_classifier(model, example)
+    names = set(dict(model.named_modules()))
+    unknown = [n for n in ignored or [] if n not in names]
+    if unknown:
+        raise ChipPruneError(f"--ignore names no layer of the model: {', '.join(unknown)}")
     dg, groups = build_groups(model, example, [classifier, *(ignored or [])])
     paper_feature_sources(spec, groups)
     return dg, groups, classifier
+
+
+@dataclass
+class Plan:
+    """How many channels each group keeps, before any scoring."""
+
+    ratios: dict[str, float]  # group -> ratio
+    keep: dict[str, int]  # group -> channels kept
+    description: str  # the sparsity string, plan file or MAC target it came from
+    round_to: int = 1
+    notes: list[str] = field(default_factory=list)
+    params: int = 0  # after pruning
+    macs: int = 0
+
+
+def _size_after(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup], keep: dict[str, int]) -> tuple[int, int]:
+    """Params and MACs of ``model`` with ``keep[g]`` channels per group (any channels: sizes do not
+    depend on which). Works on a copy; the model is untouched."""
+    trial = copy.deepcopy(model).eval()
+    dg = build_graph(trial, _example_input(spec, _device_of(trial)))
+    for g in groups:
+        if keep.get(g.name, g.channels) < g.channels:
+            block = g.channels // g.channel_groups
+            kept = keep[g.name] // g.channel_groups
+            prune_group(dg, trial, g.name, [b * block + i for b in range(g.channel_groups) for i in range(kept, block)])
+    return count_params(trial), count_macs(trial, spec.image_size)
+
+
+def _keep_counts(groups: list[ChannelGroup], ratios: dict[str, float], round_to: int) -> dict[str, int]:
+    keep = {}
+    for g in groups:
+        block = g.channels // g.channel_groups if g.channels % g.channel_groups == 0 else g.channels
+        per_block = channels_to_keep(block, ratios.get(g.name, 0.0), round_to)
+        keep[g.name] = per_block * (g.channels // block)
+    return keep
+
+
+def make_pruning_plan(
+    model: nn.Module,
+    spec: ModelSpec,
+    groups: list[ChannelGroup],
+    *,
+    sparsity: str | None = None,
+    target_macs: float | None = None,
+    round_to: int = 1,
+) -> Plan:
+    """Resolve a sparsity string / plan file / one ratio, or a MAC target, into channels per group.
+
+    ``target_macs`` <= 1 is a fraction of the model's MACs, above 1 an absolute count; one ratio for
+    every group is searched (bisection) until the pruned MACs are within 1% of the target.
+    """
+    if round_to < 1:
+        raise ChipPruneError(f"--round-to must be a positive integer, got {round_to}")
+    if target_macs is not None:
+        if sparsity is not None:
+            raise ChipPruneError("give either --sparsity or --target-macs, not both")
+        return _plan_for_macs(model, spec, groups, target_macs, round_to)
+    sparsity = sparsity or PAPER_SPARSITY.get(spec.name)
+    if sparsity is None:
+        raise ChipPruneError(f"no default sparsity for '{spec.name}'; pass one, e.g. --sparsity 0.3")
+    ratios, notes = make_plan(sparsity, spec, groups, model)
+    keep = _keep_counts(groups, ratios, round_to)
+    params, macs = _size_after(model, spec, groups, keep)
+    return Plan(ratios, keep, sparsity, round_to, notes, params, macs)
+
+
+def _plan_for_macs(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup], target: float, round_to: int) -> Plan:
+    """Search one pruning level for all groups until the MACs are within 1% of the target.
+
+    At level r group g keeps about C_g (1 - r) channels, rounded down after adding a fixed offset
+    that differs per group: as r grows, groups lose channels one at a time instead of all at once,
+    so the MACs fall in small steps and bisection can land close to the target.
+    """
+    base = count_macs(model, spec.image_size)
+    goal = target * base if target <= 1 else target
+    if not 0 < goal < base:
+        raise ChipPruneError(
+            f"--target-macs {target} asks for {goal:,.0f} MACs; the model has {base:,} (give a fraction in (0, 1) or fewer MACs)"
+        )
+    offsets = {g.name: (i + 0.5) / len(groups) for i, g in enumerate(groups)}
+
+    def attempt(r: float) -> Plan:
+        keep = {}
+        for g in groups:
+            block = g.channels // g.channel_groups
+            units = max(1, int(block * (1 - r) / round_to + offsets[g.name]))
+            keep[g.name] = min(block, units * round_to) * g.channel_groups if block > round_to else g.channels
+        params, macs = _size_after(model, spec, groups, keep)
+        ratios = {g.name: 1 - keep[g.name] / g.channels for g in groups}
+        return Plan(ratios, keep, f"target MACs {goal:,.0f} ({goal / base:.1%})", round_to, [], params, macs)
+
+    lo, hi = 0.0, 0.99
+    best = attempt(hi)
+    if best.macs > goal * 1.01:
+        raise ChipPruneError(
+            f"--target-macs {target} cannot be reached: keeping 1% of every prunable group leaves "
+            f"{best.macs:,} MACs ({best.macs / base:.1%}); the rest is in layers that are not pruned"
+        )
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        trial = attempt(mid)
+        if abs(trial.macs - goal) < abs(best.macs - goal):
+            best = trial
+        if abs(trial.macs - goal) <= 0.005 * goal or hi - lo < 1e-5:
+            break
+        lo, hi = (mid, hi) if trial.macs > goal else (lo, mid)
+    best.notes.append(f"{best.macs:,} MACs = {best.macs / base:.1%} of {base:,} (target {goal / base:.1%})")
+    if abs(best.macs - goal) > 0.01 * goal:
+        best.notes.append(
+            f"the closest reachable MACs differ from the target by {abs(best.macs - goal) / goal:.1%}: "
+            "removing one more channel of some group changes MACs by more than 1%"
+        )
+    return best
 
 
 def score(
@@ -103,11 +236,16 @@ def score(
     progress: bool = True,
 ) -> dict[str, GroupScores]:
     """Score every channel of every prunable group (or of ``groups``) on the calibration images."""
-    if groups is None:
-        _, groups, _ = prunable_groups(model, spec)
-    torch.manual_seed(calibration.seed)  # the augmentation draws from the global generator
-    loader = calibration.loader(spec)
-    return score_groups(model, groups, loader, criterion=criterion, device=device, progress=progress, total=len(loader))
+    dg, all_groups, _ = prunable_groups(model, spec)
+    groups = all_groups if groups is None else groups
+    loader = None
+    if needs_images(criterion):
+        torch.manual_seed(calibration.seed)  # the augmentation draws from the global generator
+        loader = calibration.loader(spec)
+    return score_with(
+        criterion, model, dg, groups, loader, device=device, seed=calibration.seed, progress=progress,
+        total=len(loader) if loader is not None else None,
+    )
 
 
 @dataclass
@@ -121,11 +259,69 @@ class PruneResult:
     notes: list[str] = field(default_factory=list)
 
 
+def prune_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    plan: Plan,
+    groups: list[ChannelGroup],
+    dg: tp.DependencyGraph,
+    classifier: str,
+    batches: Iterable | None,
+    *,
+    criterion: str = "chip",
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    total: int | None = None,
+) -> PruneResult:
+    """Score the groups the plan prunes, then remove the lowest-scoring channels of ``model`` in place."""
+    to_score = [g for g in groups if plan.keep[g.name] < g.channels]
+    scores = score_with(criterion, model, dg, to_score, batches, device=device, seed=seed, progress=progress, total=total)
+    records = []
+    for g in to_score:
+        ratio = 1.0 - plan.keep[g.name] / g.channels
+        keep, remove = select_channels(scores[g.name].scores, plan.ratios[g.name], g.channel_groups, plan.round_to)
+        assert len(keep) == plan.keep[g.name], (g.name, len(keep), plan.keep[g.name])
+        prune_group(dg, model, g.name, remove)
+        records.append(
+            {
+                "group": g.name,
+                "members": g.members,
+                "ratio": round(ratio, 6),
+                "channels_before": g.channels,
+                "channels_after": len(keep),
+                "removed": remove,
+                "scored_maps": scores[g.name].maps,
+                "split_half_spearman": round(scores[g.name].split_half_spearman, 4),
+            }
+        )
+    record = {
+        "format": PRUNED_FORMAT,
+        "chipprune_version": __version__,
+        "model": spec.name,
+        "num_classes": _num_classes(model, classifier),
+        "image_size": spec.image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "classifier": classifier,
+        "criterion": criterion,
+        "sparsity": plan.description,
+        "round_to": plan.round_to,
+        "notes": plan.notes,
+        "groups": records,
+    }
+    images = scores[to_score[0].name].images if to_score else 0
+    return PruneResult(model, spec, record, {"calibration_images": images}, list(plan.notes))
+
+
 def prune(
     model: nn.Module,
     spec: ModelSpec,
     *,
     sparsity: str | None = None,
+    target_macs: float | None = None,
+    round_to: int = 1,
+    ignored: list[str] | None = None,
     calibration: Calibration | None = None,
     criterion: str = "chip",
     evaluate_on: str | Path | None | bool = True,
@@ -133,27 +329,26 @@ def prune(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> PruneResult:
-    """Score, plan and remove channels of ``model`` in place; evaluate before and after when test data exists.
+    """Plan, score and remove channels of ``model`` in place; evaluate before and after when test data exists.
 
-    ``sparsity`` is a paper string or one ratio (default: the paper's setting for the model).
-    ``evaluate_on``: True evaluates on the calibration data's test split, a path on that data, False not at all.
+    ``sparsity`` is a paper string, one ratio, or a plan file (default: the paper's setting for the
+    model); or ``target_macs`` a MAC budget. ``evaluate_on``: True evaluates on the calibration
+    data's test split, a path on that data, False not at all.
     """
     calibration = calibration or Calibration()
-    sparsity = sparsity or PAPER_SPARSITY.get(spec.name)
-    if sparsity is None:
-        raise ChipPruneError(f"no default sparsity for '{spec.name}'; pass one, e.g. --sparsity 0.3")
     model = model.to(device).eval()
-    source = open_data(calibration.data)
-    test_source = None if evaluate_on is False else (source if evaluate_on is True else open_data(evaluate_on))
-    report: dict[str, Any] = {"model": spec.name, "criterion": criterion, "sparsity": sparsity, "data": source.description}
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
-    dg, groups, classifier = prunable_groups(model, spec)
-    plan, notes = make_plan(sparsity, spec, groups, model)
-    to_score = [g for g in groups if plan.get(g.name, 0.0) > 0]
-    timings["trace_s"] = time.perf_counter() - t0
+    dg, groups, classifier = prunable_groups(model, spec, ignored)
+    plan = make_pruning_plan(model, spec, groups, sparsity=sparsity, target_macs=target_macs, round_to=round_to)
+    timings["plan_s"] = time.perf_counter() - t0
 
+    uses_images = needs_images(criterion)
+    source = open_data(calibration.data) if uses_images or evaluate_on is True or recalibrate_bn else None
+    test_source = None if evaluate_on is False else (source if evaluate_on is True else open_data(evaluate_on))
+    report: dict[str, Any] = {"model": spec.name, "criterion": criterion, "sparsity": plan.description}
+    report["data"] = source.description if source is not None else None
     report["params_before"] = count_params(model)
     report["macs_before"] = count_macs(model, spec.image_size)
     test_loader = None
@@ -166,30 +361,15 @@ def prune(
         report.update(top1_before=before["top1"], top5_before=before["top5"], test_images=before["images"])
 
     t0 = time.perf_counter()
-    scores = score(model, spec, calibration, groups=to_score, criterion=criterion, device=device, progress=progress) if to_score else {}
-    timings["score_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    records = []
-    for g in groups:
-        ratio = plan.get(g.name, 0.0)
-        if ratio <= 0:
-            continue
-        keep, remove = select_channels(scores[g.name].scores, ratio)
-        prune_group(dg, model, g.name, remove)
-        records.append(
-            {
-                "group": g.name,
-                "members": g.members,
-                "ratio": ratio,
-                "channels_before": g.channels,
-                "channels_after": len(keep),
-                "removed": remove,
-                "scored_maps": scores[g.name].maps,
-                "split_half_spearman": round(scores[g.name].split_half_spearman, 4),
-            }
-        )
-    timings["prune_s"] = time.perf_counter() - t0
+    loader = None
+    if uses_images:
+        torch.manual_seed(calibration.seed)  # the augmentation draws from the global generator
+        loader = calibration.loader(spec, source)
+    result = prune_model(
+        model, spec, plan, groups, dg, classifier, loader, criterion=criterion, device=device, seed=calibration.seed,
+        progress=progress, total=len(loader) if loader is not None else None,
+    )
+    timings["score_and_prune_s"] = time.perf_counter() - t0
     report["params_after"] = count_params(model)
     report["macs_after"] = count_macs(model, spec.image_size)
 
@@ -197,7 +377,7 @@ def prune(
         raw = evaluate(model, test_loader, device, progress=progress, desc="test (pruned)")
         report.update(top1_after_no_bn_recalibration=raw["top1"], top5_after_no_bn_recalibration=raw["top5"])
     report["bn_recalibrated"] = False
-    if recalibrate_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if recalibrate_bn and source is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         t0 = time.perf_counter()
         torch.manual_seed(calibration.seed)
         report["bn_recalibration_images"] = recalibrate_batchnorm(model, calibration.loader(spec, source), device)
@@ -206,24 +386,10 @@ def prune(
     if test_loader is not None:
         after = evaluate(model, test_loader, device, progress=progress, desc="test (after)")
         report.update(top1_after=after["top1"], top5_after=after["top5"])
-    report["calibration_images"] = scores[to_score[0].name].images if to_score else 0
+    report["calibration_images"] = result.report["calibration_images"]
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
-
-    record = {
-        "format": PRUNED_FORMAT,
-        "chipprune_version": __version__,
-        "model": spec.name,
-        "num_classes": _num_classes(model, classifier),
-        "image_size": spec.image_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "classifier": classifier,
-        "criterion": criterion,
-        "sparsity": sparsity,
-        "notes": notes,
-        "groups": records,
-    }
-    return PruneResult(model, spec, record, report, notes)
+    result.report = report
+    return result
 
 
 def _num_classes(model: nn.Module, classifier: str) -> int:
@@ -243,15 +409,21 @@ def save_pruned(result: PruneResult, folder: str | Path) -> Path:
 
 
 def load_pruned(folder: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a pruned model from its folder: fresh registry model, recorded removals replayed, weights loaded."""
+    """Rebuild a pruned model from its folder: fresh model, recorded removals replayed, weights loaded.
+
+    Nothing is unpickled. For a ``package.module:function`` model that function is imported and run.
+    """
     folder = Path(folder)
     record = read_json(folder / "pruning.json")
     if not isinstance(record, dict) or record.get("format") != PRUNED_FORMAT:
         raise ChipPruneError(f"{folder / 'pruning.json'} is not a chipprune pruning record ({PRUNED_FORMAT})")
-    spec = get_model_spec(record["model"])
+    spec = get_model_spec(record["model"], record.get("image_size"))
     model = create_model(spec.name, record.get("num_classes")).eval()
     dg = build_graph(model, _example_input(spec))
+    modules = dict(model.named_modules())
     for g in record["groups"]:
+        if g["group"] not in modules:
+            raise ChipPruneError(f"{folder / 'pruning.json'} names layer '{g['group']}', which {spec.name} does not have")
         prune_group(dg, model, g["group"], g["removed"])
     load_weights(model, folder / "model.safetensors")
     return model.to(device).eval()

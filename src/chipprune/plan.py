@@ -7,8 +7,11 @@ Channels kept in a group = ``int(C * (1 - ratio))`` (at least 1), the highest-sc
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -25,6 +28,7 @@ __all__ = [
     "channels_to_keep",
     "select_channels",
     "paper_feature_sources",
+    "plan_from_patterns",
 ]
 
 # The paper's settings, used as defaults.
@@ -125,17 +129,58 @@ def _describe_layout(entries: list[PlanEntry]) -> str:
     return "; ".join(f"{a}: {entries[a - 1].label}" if a == b else f"{a}-{b}: {p}" for a, b, p in runs)
 
 
+def _read_plan_file(path: Path) -> dict[str, float]:
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear message
+        raise ChipPruneError(f"cannot parse plan file {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+        raise ChipPruneError(f"plan file {path} must map layer names or patterns to ratios, e.g. {{\"layer1.*.conv1\": 0.4}}")
+    return {str(k): float(v) for k, v in data.items()}
+
+
+def plan_from_patterns(patterns: dict[str, float], groups: list[ChannelGroup], source: str = "plan") -> dict[str, float]:
+    """{pattern: ratio} -> {group: ratio}. A pattern (fnmatch glob) selects every group with a matching
+    member; later patterns override earlier ones; groups no pattern selects keep all channels."""
+    plan = {g.name: 0.0 for g in groups}
+    for pattern, ratio in patterns.items():
+        if not 0.0 <= ratio < 1.0:
+            raise ChipPruneError(f"{source}: ratio for '{pattern}' must lie in [0, 1); got {ratio}")
+        hits = [g.name for g in groups if any(fnmatch.fnmatchcase(m, pattern) for m in g.members)]
+        if not hits:
+            examples = ", ".join(m for g in groups[:4] for m in g.members[:1])
+            raise ChipPruneError(
+                f"{source}: '{pattern}' matches no prunable layer (prunable layers are named like {examples}; "
+                "'chipprune prune --dry-run -v' lists them)"
+            )
+        for name in hits:
+            plan[name] = ratio
+    return plan
+
+
 def make_plan(
     sparsity: str, spec: ModelSpec, groups: list[ChannelGroup], model: torch.nn.Module
 ) -> tuple[dict[str, float], list[str]]:
     """Turn a sparsity string into {group name: ratio} and a list of notes for the user.
 
-    A single number (``0.3``) applies to every prunable group. A bracketed string follows the paper's
+    A single number (``0.3``) applies to every prunable group. A ``.json``/``.yaml`` file maps layer
+    names or glob patterns to ratios (see ``plan_from_patterns``). A bracketed string follows the paper's
     layout for the model. Entries that name one coupled group must agree; a 0 entry beside a
     non-zero one is overridden (in the CIFAR ResNets the paper's stem entry is 0 while the stage-1
     entry prunes the same channels: the official code pruned them apart and misaligned the sum).
     """
     text = sparsity.strip()
+    if text.endswith((".json", ".yaml", ".yml")):
+        path = Path(text)
+        if not path.is_file():
+            raise ChipPruneError(f"plan file not found: {path}")
+        return plan_from_patterns(_read_plan_file(path), groups, str(path)), []
     if re.fullmatch(_NUMBER, text):
         ratio = float(text)
         if not 0.0 <= ratio < 1.0:
@@ -168,15 +213,35 @@ def make_plan(
     return plan, notes
 
 
-def channels_to_keep(channels: int, ratio: float) -> int:
-    """The paper's rule: keep ``int(C * (1 - ratio))`` channels, and never fewer than one."""
-    return max(1, int(channels * (1.0 - ratio)))
+def channels_to_keep(channels: int, ratio: float, round_to: int = 1) -> int:
+    """The paper's rule: keep ``int(C * (1 - ratio))`` channels, and never fewer than one.
+
+    With ``round_to`` > 1 the count is rounded to the nearest multiple (at least one multiple, at
+    most C), so kernels see hardware-friendly widths; a ratio of 0 keeps every channel.
+    """
+    if ratio <= 0:
+        return channels
+    keep = max(1, int(channels * (1.0 - ratio)))
+    if round_to > 1 and channels > round_to:
+        keep = min(channels, max(round_to, round_to * round(keep / round_to)))
+    return keep
 
 
-def select_channels(scores: torch.Tensor, ratio: float) -> tuple[list[int], list[int]]:
-    """Indices to keep (highest scores) and to remove, both sorted; ties keep the lower index."""
+def select_channels(
+    scores: torch.Tensor, ratio: float, channel_groups: int = 1, round_to: int = 1
+) -> tuple[list[int], list[int]]:
+    """Indices to keep (highest scores) and to remove, both sorted; ties keep the lower index.
+
+    With ``channel_groups`` > 1 (grouped convolutions), the channels form that many equal blocks:
+    scores are averaged over the blocks, the choice is made once and repeated in every block.
+    """
     n = scores.numel()
-    keep_n = channels_to_keep(n, ratio)
+    if channel_groups > 1 and n % channel_groups == 0:
+        block = n // channel_groups
+        keep_block, _ = select_channels(scores.double().view(channel_groups, block).mean(0), ratio, 1, round_to)
+        keep = sorted(g * block + i for g in range(channel_groups) for i in keep_block)
+        return keep, sorted(set(range(n)) - set(keep))
+    keep_n = channels_to_keep(n, ratio, round_to)
     # Stable sort on the negated scores: equal scores keep their original order.
     order = torch.sort(-scores.double(), stable=True).indices
     keep = sorted(order[:keep_n].tolist())

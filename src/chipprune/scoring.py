@@ -119,6 +119,7 @@ def score_groups(
 
     # One accumulator per (module, kind) map; a map seen by several groups is scored once per batch.
     keys = sorted({(s.module_name, s.kind) for g in groups for s in g.sources})
+    channel_dims = {(s.module_name, s.kind): s.channel_dim for g in groups for s in g.sources}
     accumulators = {k: _Accumulator() for k in keys}
     aliases: dict[tuple[str, str], tuple[str, str]] = {}
     # Maps already scored in this batch, by identity. Weak references: a freed map's memory can be
@@ -140,6 +141,8 @@ def score_groups(
             aliases[key] = owner  # the same tensor feeds two layers: count it once
             return
         seen_this_batch[id(tensor)] = (weakref.ref(tensor), key)
+        if channel_dims[key] != 1:
+            tensor = tensor.movedim(channel_dims[key], 1)  # a Linear sees channels last
         compute(key, tensor, images)
 
     hooks = []

@@ -36,6 +36,8 @@ def prune_summary(report: dict[str, Any], record: dict[str, Any], folder: str | 
                 f"(without that: top-1 {report['top1_after_no_bn_recalibration']:.2f}%)."
             )
         lines.append(f"  test set: {report['test_images']} images.")
+    if report.get("calibration_images", 0) == 0 and report["criterion"] in ("l1", "random"):
+        lines[1] = f"data: {report['data']}; criterion '{report['criterion']}' uses no calibration images"
     for note in record.get("notes", []):
         lines.append(f"note: {note}")
     unstable = [g["group"] for g in record["groups"] if g.get("split_half_spearman", 1.0) < UNSTABLE_BELOW]
@@ -84,3 +86,21 @@ def stability_warnings(scores: dict[str, GroupScores]) -> list[str]:
         f"images (Spearman < {UNSTABLE_BELOW}): {', '.join(unstable[:5])}{' ...' if len(unstable) > 5 else ''}. "
         "More calibration images (--calib-images) would make their pruning choice more reliable."
     ]
+
+
+def plan_summary(model: str, groups: list, plan: Any, params_before: int, macs_before: int) -> str:
+    """The --dry-run table: channels per group, then params and MACs before and after."""
+    lines = [f"chipprune plan for {model}: {plan.description}" + (f", widths rounded to {plan.round_to}" if plan.round_to > 1 else ""), ""]
+    lines.append(f"{'group':40}{'members':>8}{'ratio':>8}{'channels':>16}")
+    for g in groups:
+        keep = plan.keep[g.name]
+        lines.append(f"{g.name:40}{len(g.members):>8}{plan.ratios.get(g.name, 0.0):>8.3f}{f'{g.channels} -> {keep}':>16}")
+    lines += [
+        "",
+        f"{'':14}{'before':>16}{'after':>16}{'change':>10}",
+        f"{'params':14}{params_before:>16,}{plan.params:>16,}{_change(params_before, plan.params):>10}",
+        f"{'MACs':14}{macs_before:>16,}{plan.macs:>16,}{_change(macs_before, plan.macs):>10}",
+    ]
+    lines += [f"note: {n}" for n in plan.notes]
+    lines.append("(dry run: no scores computed, no weights touched)")
+    return "\n".join(lines)

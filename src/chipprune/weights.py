@@ -8,6 +8,7 @@ prefixes are stripped, CUDA-saved tensors are mapped to the CPU).
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -78,5 +79,8 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
             f"weights in {path} do not fit this model ({'; '.join(parts)}). "
             "Check that --model names the architecture the weights were trained for."
         )
+    # safetensors keeps no per-module version metadata; some modules (torchvision's MNASNet) need it.
+    state = OrderedDict(state)
+    state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(state)
     return model

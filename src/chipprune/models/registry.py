@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import importlib
+import sys
+from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -85,8 +87,40 @@ def list_models() -> list[str]:
     return list(_CIFAR) + _torchvision_names()
 
 
-def get_model_spec(name: str) -> ModelSpec:
-    """Look a model up by name; unknown names raise a ChipPruneError that suggests close ones."""
+def _factory_spec(name: str) -> ModelSpec:
+    """A user's own model given as ``package.module:function`` (a factory returning an nn.Module)."""
+    module_name, _, func_name = name.partition(":")
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like `python -m`: the current folder can hold the module
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - the user's import error, whatever it is, gets one message
+        raise ChipPruneError(f"cannot import '{module_name}' for --model {name}: {type(exc).__name__}: {exc}") from None
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ChipPruneError(f"'{module_name}' has no function '{func_name}' (from --model {name})")
+    return ModelSpec(
+        name=name,
+        factory=factory,
+        family="custom",
+        image_size=224,
+        num_classes=0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        notes="user factory",
+    )
+
+
+def get_model_spec(name: str, image_size: int | None = None) -> ModelSpec:
+    """Look a model up by name (or ``package.module:function``); unknown names raise a ChipPruneError
+    that suggests close ones. ``image_size`` overrides the input size the model is traced and counted at."""
+    spec = _lookup(name)
+    return spec if image_size is None else replace(spec, image_size=int(image_size))
+
+
+def _lookup(name: str) -> ModelSpec:
+    if ":" in name:
+        return _factory_spec(name)
     if name in _CIFAR:
         return _CIFAR[name]
     if name in _torchvision_names():
@@ -110,6 +144,8 @@ def get_model_spec(name: str) -> ModelSpec:
 def create_model(name: str, num_classes: int | None = None) -> nn.Module:
     """Build a named model with freshly initialised weights (nothing is downloaded)."""
     spec = get_model_spec(name)
-    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    kwargs = {} if num_classes is None or spec.family == "custom" else {"num_classes": num_classes}
     model = spec.factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ChipPruneError(f"the factory for '{name}' returned {type(model).__name__}, not an nn.Module")
     return model

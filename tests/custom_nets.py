@@ -30,3 +30,19 @@ class TinyNet(nn.Module):
 
 def tiny_net() -> nn.Module:
     return TinyNet()
+
+
+class PlainNet(nn.Module):
+    """No BatchNorm: its gradients do not depend on how a batch is split across processes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def plain_net() -> nn.Module:
+    return PlainNet()

@@ -178,3 +178,14 @@ def test_eval_with_latency(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--no-accuracy", "--latency", "--batch-sizes", "1", "2"]) == 0
     out = capsys.readouterr().out
     assert "speed-up" in out and "MAC reduction" in out
+
+
+def test_ignored_layers_and_the_classifier_keep_their_outputs():
+    model = create_model("cifar_resnet20").eval()
+    spec = get_model_spec("cifar_resnet20")
+    dg, groups, classifier = prunable_groups(model, spec, ignored=["layer2.1.conv1"])
+    assert classifier == "linear"
+    names = {m for g in groups for m in g.members}
+    assert "layer2.1.conv1" not in names and "linear" not in names
+    with pytest.raises(ChipPruneError, match="names no layer"):
+        prunable_groups(model, spec, ignored=["layer9.conv"])

@@ -79,3 +79,34 @@ def test_group_without_visible_map_is_refused():
 
     with pytest.raises(ChipPruneError, match="no feature map"):
         score_groups(nn.Conv2d(3, 4, 1), [ChannelGroup("x", 4, ["x"], [])], _batches(1, 2), progress=False)
+
+
+class _TwoViews(nn.Module):
+    """Two layers see the same channels: one directly, one scaled by 2 and permuted."""
+
+    def __init__(self, perm):
+        super().__init__()
+        self.perm = perm
+        self.a = nn.Conv2d(6, 1, 1)
+        self.b = nn.Conv2d(6, 1, 1)
+
+    def forward(self, x):
+        return self.a(x) + self.b(2.0 * x[:, self.perm])
+
+
+def test_group_score_is_the_mean_of_nuclear_normalised_ci_over_its_maps():
+    from chipprune.graph import ChannelGroup, FeatureSource
+
+    torch.manual_seed(1)
+    perm = torch.randperm(6)
+    x = torch.relu(torch.randn(8, 6, 5, 5))
+    x[:, 2] = 0.5 * x[:, 4]  # a redundant channel, so the scores are not all alike
+    ident = torch.arange(6)
+    # Map b's channel i carries root channel perm[i].
+    group = ChannelGroup("g", 6, ["g"], [FeatureSource("a", "input", ident, ident), FeatureSource("b", "input", ident, perm)])
+    got = score_groups(_TwoViews(perm), [group], [(x, None)], progress=False)["g"]
+    ci, nuclear = channel_independence_per_image(x)
+    expected = ci.mean(0) / nuclear.mean()  # both maps give this: CI and nuclear norm scale alike
+    assert torch.allclose(got.scores, expected, rtol=1e-9)
+    assert sorted(got.maps) == ["a:input", "b:input"]
+    assert got.scores[2] < got.scores[[0, 1, 3, 5]].min()

@@ -18,6 +18,8 @@ from .criteria import CRITERIA_NAMES
 from .data import make_loader, make_transform, open_data
 from .export import export_onnx
 from .files import read_json
+from .finetuning import finetune, train_from_scratch
+from .train import RECIPES, TrainConfig, recipe_with
 from .latency import measure_latency
 from .metrics import count_macs, count_params, evaluate
 from .models.registry import create_model
@@ -182,6 +184,87 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {out}; ONNX Runtime matches PyTorch (max abs difference {diff:.2e} on random inputs)")
 
 
+def _train_config(args: argparse.Namespace, out: Path) -> TrainConfig:
+    recipe = recipe_with(
+        args.recipe, epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+    )
+    return TrainConfig(
+        recipe, out, seed=args.seed, val_fraction=args.val_fraction, amp=not args.no_amp,
+        checkpoint_every_steps=args.checkpoint_every, resume=args.resume, progress=not args.quiet,
+        limit_train_images=args.limit_train_images,
+    )
+
+
+def _print_training(report: dict | None, out: Path) -> None:
+    if report is None:  # not the main process
+        return
+    f = report["finetune"]
+    before = f"{report['top1_before']:.2f}% -> " if report.get("top1_before") is not None else ""
+    print(
+        f"{report['model']}: test top-1 {before}{report['top1_after']:.2f}% on {report['test_images']} images "
+        f"after {f['recipe']['epochs']} epochs (selected epoch {f['selected_epoch']}); "
+        f"params {report['params_after']:,}, MACs {report['macs_after']:,}"
+    )
+    print(f"saved: {out}/ (model.safetensors, pruning.json, report.json, report.md, metrics.csv, plots)")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    out = Path(args.out) if args.out else Path(args.folder) / "finetuned"
+    report = finetune(args.folder, args.data, _train_config(args, out), _device(args.device))
+    _print_training(report, out)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    out = Path(args.out) if args.out else Path("chipprune-out") / f"{args.model.replace(':', '_')}-trained"
+    report = train_from_scratch(
+        args.model, args.data, _train_config(args, out), _device(args.device), image_size=args.image_size,
+        num_classes=args.num_classes, weights=None if args.weights == "bundled" else args.weights,
+    )
+    _print_training(report, out)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    root = Path(args.out) if args.out else Path("chipprune-out") / f"{args.model.replace(':', '_')}-run"
+    args.out = str(root / "pruned")
+    args.dry_run = False
+    cmd_prune(args)
+    report = finetune(root / "pruned", args.data, _train_config(args, root / "finetuned"), _device(args.device))
+    _print_training(report, root / "finetuned")
+
+
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sparsity", default=None,
+        help="paper string like '[0.]+[0.15]*2+[0.4]*27', one ratio for every layer like 0.3, "
+        "or a .json/.yaml file mapping layer names or glob patterns to ratios",
+    )
+    p.add_argument("--target-macs", type=float, default=None, help="MAC budget: a fraction (0.5) or an absolute count")
+    p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of this (e.g. 8)")
+    p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER", help="layers whose output channels stay")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (channels, params, MACs) and stop")
+    p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL)")
+    p.add_argument("--no-eval", action="store_true", help="skip test-set evaluation")
+    p.add_argument("--no-bn-recalibration", action="store_true", help="keep the BatchNorm statistics as pruned")
+    p.add_argument("--verbose", "-v", action="store_true", help="print channels kept per group")
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="chip-cifar", choices=sorted(RECIPES), help="hyper-parameter preset (default chip-cifar)")
+    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (the paper: 400 CIFAR, 180 ImageNet)")
+    p.add_argument("--train-batch-size", type=int, default=None, help="global batch size (split across processes)")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--momentum", type=float, default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=None)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="training images held out to choose the epoch (0: none)")
+    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="also checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--limit-train-images", type=int, default=None, help="train on at most this many images (pilots)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chipprune", description="CHIP channel pruning for PyTorch CNNs.")
     parser.add_argument("--version", action="version", version=f"chipprune {__version__}")
@@ -200,20 +283,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="score, prune and report (default: ResNet-56, paper setting, bundled data)")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument(
-        "--sparsity", default=None,
-        help="paper string like '[0.]+[0.15]*2+[0.4]*27', one ratio for every layer like 0.3, "
-        "or a .json/.yaml file mapping layer names or glob patterns to ratios",
-    )
-    p.add_argument("--target-macs", type=float, default=None, help="MAC budget: a fraction (0.5) or an absolute count")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of this (e.g. 8)")
-    p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER", help="layers whose output channels stay")
-    p.add_argument("--dry-run", action="store_true", help="print the plan (channels, params, MACs) and stop")
-    p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL)")
-    p.add_argument("--no-eval", action="store_true", help="skip test-set evaluation")
-    p.add_argument("--no-bn-recalibration", action="store_true", help="keep the BatchNorm statistics as pruned")
-    p.add_argument("--verbose", "-v", action="store_true", help="print channels kept per group")
+    _add_prune_args(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("finetune", help="fine-tune a pruned folder (the paper's recipe; resumable; torchrun for DDP)")
+    p.add_argument("folder", help="folder written by 'chipprune prune'")
+    p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
+    p.add_argument("--out", default=None, help="output folder (default FOLDER/finetuned)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("train", help="train a model from scratch (a baseline for models without weights)")
+    _add_model_args(p)
+    p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
+    p.add_argument("--out", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train, weights="none")
+
+    p = sub.add_parser("run", help="score, prune, fine-tune and report in one go")
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_prune_args(p)
+    _add_train_args(p)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate a pruned folder: accuracy, and latency against the original")
     p.add_argument("folder", help="folder written by 'chipprune prune'")

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch_pruning as tp
+from torch.utils.data import Subset
 
 from . import __version__
 from .criteria import needs_images, score_with
@@ -84,7 +87,14 @@ class Calibration:
         dataset = source.split("train", make_transform(spec, self.augment, source.image_size))
         if len(dataset) == 0:
             raise ChipPruneError(f"{source.description}: the training split holds no images")
-        return make_loader(dataset, self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
+        if self.images > len(dataset):
+            warnings.warn(f"{self.images} calibration images asked for, {source.description} has {len(dataset)}; using them all")
+        loader = make_loader(dataset, self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # Under torchrun each process scores its share of the images; score sums are reduced.
+            share = list(range(len(loader.dataset)))[dist.get_rank() :: dist.get_world_size()]
+            loader = make_loader(Subset(loader.dataset, share), self.batch_size)
+        return loader
 
 
 def _example_input(spec: ModelSpec, device: torch.device | str = "cpu") -> torch.Tensor:

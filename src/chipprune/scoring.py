@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .distributed import all_reduce_sum
 from .errors import ChipPruneError
 from .graph import ChannelGroup
 from .independence import channel_independence_per_image
@@ -163,9 +164,27 @@ def score_groups(
     finally:
         for h in hooks:
             h.remove()
+    images = _reduce_across_processes(accumulators, images, device)
     if images == 0:
         raise ChipPruneError("no calibration images: the data split is empty")
     return {g.name: _combine(g, accumulators, aliases, images) for g in groups}
+
+
+def _reduce_across_processes(accumulators: dict[tuple[str, str], _Accumulator], images: int, device) -> int:
+    """Under torchrun, sum every process's score sums (each scored its share of the images)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+        return images
+    for acc in accumulators.values():
+        # Every process ran the same layers, so the same maps hold sums (aliases hold none).
+        if acc.score_sum is None:
+            continue
+        packed = torch.cat([acc.score_sum.flatten(), acc.norm_sum, acc.images]).to(device)
+        all_reduce_sum(packed)
+        packed = packed.cpu()
+        n = acc.score_sum.numel()
+        acc.score_sum = packed[:n].view_as(acc.score_sum)
+        acc.norm_sum, acc.images = packed[n : n + 2], packed[n + 2 :]
+    return int(all_reduce_sum(torch.tensor([images], device=device)).item())
 
 
 def _combine(

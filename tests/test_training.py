@@ -1,0 +1,128 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from chipprune.train import RECIPES, build_scheduler, lr_at, read_checkpoint
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_recipe_schedule_matches_its_definition():
+    recipe = RECIPES["chip-cifar"]
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    steps_per_epoch, epochs = 7, 12
+    total, warmup = steps_per_epoch * epochs, int(recipe.warmup_epochs * steps_per_epoch)
+    sched = build_scheduler(opt, total, warmup)
+    seen = []
+    for _ in range(total):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [lr_at(s, total, warmup, recipe.lr) for s in range(total)]
+    assert np.allclose(seen, expected, rtol=1e-9, atol=1e-15)
+    assert seen[0] == pytest.approx(recipe.lr / warmup) and seen[warmup - 1] == pytest.approx(recipe.lr)
+    assert max(seen) == pytest.approx(recipe.lr) and seen[-1] < 0.01 * recipe.lr  # cosine down to ~0
+    assert RECIPES["chip-cifar"].weight_decay == 0.005 and RECIPES["chip-imagenet"].momentum == 0.99
+    assert RECIPES["chip-imagenet"].label_smoothing == 0.1
+
+
+def _image_folder(root: Path, n_train: int, size: int = 16) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", n_train), ("test", 8)):
+        for c, cls in enumerate(("a", "b")):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(n // 2):
+                img = rng.integers(0, 128, (size, size, 3), dtype=np.uint8) + 100 * c
+                Image.fromarray(img.astype(np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "-m", "chipprune", "--debug", "train", "--model", "custom_nets:plain_net", "--image-size", "16",
+        "--data", str(data), "--out", str(out), "--quiet", "--val-fraction", "0", "--lr", "0.05",
+        "--warmup-epochs", "1", *extra,
+    ]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(tmp_path):
+    data = _image_folder(tmp_path / "data", n_train=400)
+    args = ["--epochs", "3", "--train-batch-size", "8", "--checkpoint-every", "1"]
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, *_train_cmd(data, reference, *args)], check=True, env=_env(), cwd=tmp_path)
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, *_train_cmd(data, out, *args)], env=_env(), cwd=tmp_path)
+    ckpt, state = out / "checkpoint.pt", None
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            state = read_checkpoint(ckpt)
+            if state["epoch"] >= 1 and state["step_in_epoch"] >= 5:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_at = read_checkpoint(ckpt)
+    assert killed_at["epoch"] < 3 and not (out / "model.safetensors").exists()
+
+    result = subprocess.run([sys.executable, *_train_cmd(data, out, *args, "--resume")], env=_env(), cwd=tmp_path,
+                            capture_output=True, text=True, check=True)
+    assert f"epoch {killed_at['epoch'] + 1}, step {killed_at['step_in_epoch']}" in result.stdout
+    final, expected = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert all(torch.allclose(final[k], expected[k], atol=1e-6) for k in expected)
+    history = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_two_processes_under_torchrun_match_one_process(tmp_path):
+    data = _image_folder(tmp_path / "data", n_train=64)
+    args = ["--epochs", "2", "--train-batch-size", "16"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, *_train_cmd(data, single, *args)], check=True, env=_env(), cwd=tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    subprocess.run([*torchrun, *_train_cmd(data, double, *args)], check=True, env=_env(), cwd=tmp_path)
+    a, b = load_file(str(single / "model.safetensors")), load_file(str(double / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (single, double))
+    assert rb["finetune"]["processes"] == 2 and ra["finetune"]["processes"] == 1
+    assert ra["top1_after"] == pytest.approx(rb["top1_after"])
+
+
+def test_finetune_writes_a_loadable_folder_and_report(tmp_path):
+    from chipprune import load_pruned
+    from chipprune.cli import main
+
+    out = tmp_path / "run"
+    args = ["run", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.5", "--calib-images", "64",
+            "--batch-size", "32", "--epochs", "1", "--train-batch-size", "64", "--limit-train-images", "128",
+            "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    fine = out / "finetuned"
+    report = json.loads((fine / "report.json").read_text())
+    assert report["params_after"] < report["params_before"] and report["finetune"]["val_images"] == 64
+    assert {"top1_after", "top5_after", "latency_ms", "macs_after"} <= set(report)
+    assert (fine / "report.md").read_text().startswith("# chipprune report: cifar_resnet20")
+    assert (fine / "training_curve.png").is_file() and (fine / "channels.png").is_file()
+    assert (fine / "metrics.csv").read_text().splitlines()[0].startswith("epoch")
+    model = load_pruned(fine)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -2,6 +2,8 @@ import pickle
 
 import numpy as np
 import pytest
+
+from conftest import EvilPickle
 import torch
 from PIL import Image
 
@@ -30,19 +32,11 @@ def test_cifar_python_batches_load(tmp_path):
     assert x.shape == (3, 32, 32) and 0 <= y < 10
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_cifar_batch_with_code_is_refused(tmp_path):
     _write_cifar(tmp_path)
     marker = tmp_path / "pwned"
     with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
-        pickle.dump({"data": _Evil(str(marker)), "labels": [0]}, f)
+        pickle.dump({"data": EvilPickle(str(marker)), "labels": [0]}, f)
     source = open_data(tmp_path)
     with pytest.raises(ChipPruneError, match="refusing"):
         source.split("test", lambda x: x)

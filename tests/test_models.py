@@ -1,4 +1,6 @@
 import pytest
+
+from conftest import EvilPickle
 import torch
 import torch.nn.functional as F
 
@@ -97,17 +99,9 @@ def test_mismatched_weights_name_the_tensors(tmp_path):
         load_weights(create_model("cifar_resnet56"), tmp_path / "r20.pt")
 
 
-class _Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_malicious_pickle_runs_no_code(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"state_dict": _Evil(str(marker))}, tmp_path / "evil.pt")
+    torch.save({"state_dict": EvilPickle(str(marker))}, tmp_path / "evil.pt")
     with pytest.raises(ChipPruneError, match="never runs"):
         read_state_dict(tmp_path / "evil.pt")
     assert not marker.exists()

@@ -249,7 +249,13 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="print channels kept per group")
 
 
-def _add_train_args(p: argparse.ArgumentParser) -> None:
+def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_help: str = "") -> None:
+    if standalone:  # 'run' gets these from the scoring options
+        p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
+        p.add_argument("--out", default=None, help=out_help)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto")
+        p.add_argument("--quiet", action="store_true")
     p.add_argument("--recipe", default="chip-cifar", choices=sorted(RECIPES), help="hyper-parameter preset (default chip-cifar)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (the paper: 400 CIFAR, 180 ImageNet)")
     p.add_argument("--train-batch-size", type=int, default=None, help="global batch size (split across processes)")
@@ -288,29 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune a pruned folder (the paper's recipe; resumable; torchrun for DDP)")
     p.add_argument("folder", help="folder written by 'chipprune prune'")
-    p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
-    p.add_argument("--out", default=None, help="output folder (default FOLDER/finetuned)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    _add_train_args(p)
+    _add_train_args(p, out_help="output folder (default FOLDER/finetuned)")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("train", help="train a model from scratch (a baseline for models without weights)")
     _add_model_args(p)
-    p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
-    p.add_argument("--out", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
-    _add_train_args(p)
+    _add_train_args(p, out_help="output folder (default chipprune-out/MODEL-trained)")
     p.set_defaults(func=cmd_train, weights="none")
 
     p = sub.add_parser("run", help="score, prune, fine-tune and report in one go")
     _add_model_args(p)
     _add_data_args(p)
     _add_prune_args(p)
-    _add_train_args(p)
+    _add_train_args(p, standalone=False)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("eval", help="evaluate a pruned folder: accuracy, and latency against the original")

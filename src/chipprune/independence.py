@@ -26,7 +26,7 @@ import torch
 
 from .errors import ChipPruneError
 
-__all__ = ["channel_independence", "channel_independence_per_image"]
+__all__ = ["channel_independence", "channel_independence_per_image", "channel_independence_reference"]
 
 # Quadrature grid in s = log(t / s_max): step, top (1e3 times the largest singular value), and how
 # far below the smallest non-zero singular value it starts.
@@ -154,3 +154,16 @@ def channel_independence(feature_maps: torch.Tensor) -> torch.Tensor:
         raise ChipPruneError("no feature maps given (N = 0)")
     ci, _ = channel_independence_per_image(feature_maps)
     return ci.mean(0)
+
+
+def channel_independence_reference(feature_maps: torch.Tensor) -> torch.Tensor:
+    """The definition evaluated literally in float64: one SVD per (image, channel). Slow; for checking."""
+    a = feature_maps.detach().reshape(feature_maps.shape[0], feature_maps.shape[1], -1).double()
+    out = torch.zeros(a.shape[1], dtype=torch.float64)
+    for img in a:
+        full = torch.linalg.svdvals(img).sum()
+        for j in range(img.shape[0]):
+            masked = img.clone()
+            masked[j] = 0
+            out[j] += full - torch.linalg.svdvals(masked).sum()
+    return out / a.shape[0]

@@ -61,7 +61,6 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
 
 
-@pytest.mark.slow
 def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(tmp_path):
     data = _image_folder(tmp_path / "data", n_train=400)
     args = ["--epochs", "3", "--train-batch-size", "8", "--checkpoint-every", "1"]
@@ -93,7 +92,6 @@ def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(t
     assert [h["epoch"] for h in history] == [1, 2, 3]
 
 
-@pytest.mark.slow
 def test_two_processes_under_torchrun_match_one_process(tmp_path):
     data = _image_folder(tmp_path / "data", n_train=64)
     args = ["--epochs", "2", "--train-batch-size", "16"]
@@ -126,3 +124,16 @@ def test_finetune_writes_a_loadable_folder_and_report(tmp_path):
     assert (fine / "metrics.csv").read_text().splitlines()[0].startswith("epoch")
     model = load_pruned(fine)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_scoring_under_torchrun_splits_images_and_sums_scores(tmp_path):
+    data = _image_folder(tmp_path / "data", n_train=32)
+    cmd = ["-m", "chipprune", "--debug", "score", "--model", "custom_nets:plain_net", "--weights", "none",
+           "--image-size", "16", "--data", str(data), "--calib-images", "32", "--batch-size", "8", "--quiet"]
+    subprocess.run([sys.executable, *cmd, "--out", str(tmp_path / "one.safetensors")], check=True, env=_env(), cwd=tmp_path)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    subprocess.run([*torchrun, *cmd, "--out", str(tmp_path / "two.safetensors")], check=True, env=_env(), cwd=tmp_path)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert one["images"] == two["images"] == 32
+    for group in one["groups"]:
+        assert np.allclose(one["groups"][group]["scores"], two["groups"][group]["scores"], rtol=1e-9)

@@ -17,6 +17,7 @@ from .models.registry import get_model_spec, list_models
 from .criteria import CRITERIA_NAMES
 from .data import make_loader, make_transform, open_data
 from .export import export_onnx
+from .distributed import setup_distributed
 from .files import read_json
 from .finetuning import finetune, train_from_scratch
 from .train import RECIPES, TrainConfig, recipe_with
@@ -94,13 +95,18 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> None:
-    device = _device(args.device)
+    # Under torchrun each process scores its share of the images; process 0 writes the result.
+    dist_info = setup_distributed(_device(args.device))
+    device = dist_info.device
+    torch.manual_seed(args.seed)  # the same random initialisation everywhere for --weights none
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     model.to(device)
     _, groups, _ = prunable_groups(model, spec)
     t0 = time.perf_counter()
     scores = score(model, spec, _calibration(args), groups=groups, criterion=args.criterion, device=device, progress=not args.quiet)
     seconds = time.perf_counter() - t0
+    if not dist_info.is_main:
+        return
     out = Path(args.out)
     images = next(iter(scores.values())).images
     save_tensors({k: v.scores for k, v in scores.items()}, out, metadata={"model": spec.name, "criterion": args.criterion})
@@ -122,6 +128,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     device = _device(args.device)
+    torch.manual_seed(args.seed)  # the same random initialisation in every run for --weights none
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     model.to(device)
     if args.dry_run:
@@ -190,7 +197,7 @@ def _train_config(args: argparse.Namespace, out: Path) -> TrainConfig:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
     )
     return TrainConfig(
-        recipe, out, seed=args.seed, val_fraction=args.val_fraction, amp=not args.no_amp,
+        recipe, out, seed=args.seed, val_fraction=args.val_fraction, amp=not args.no_amp, amp_dtype=args.amp_dtype,
         checkpoint_every_steps=args.checkpoint_every, resume=args.resume, progress=not args.quiet,
         limit_train_images=args.limit_train_images,
     )
@@ -265,7 +272,8 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
     p.add_argument("--warmup-epochs", type=float, default=None)
     p.add_argument("--label-smoothing", type=float, default=None)
     p.add_argument("--val-fraction", type=float, default=0.1, help="training images held out to choose the epoch (0: none)")
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
+    p.add_argument("--amp-dtype", default="bf16", choices=["bf16", "fp16"], help="autocast type on CUDA (fp16 adds loss scaling)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--limit-train-images", type=int, default=None, help="train on at most this many images (pilots)")

@@ -24,7 +24,7 @@ from torchvision import datasets, transforms
 from .errors import ChipPruneError
 from .models.registry import ModelSpec
 
-__all__ = ["ArrayDataset", "DataSource", "open_data", "make_transform", "make_loader", "BUNDLED"]
+__all__ = ["ArrayDataset", "DataSource", "SeededAugmentation", "open_data", "make_transform", "make_loader", "BUNDLED"]
 
 BUNDLED = "bundled"
 
@@ -41,6 +41,23 @@ class ArrayDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = Image.fromarray(self.images[i])
         return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+class SeededAugmentation(Dataset):
+    """Draws each image's random augmentation from a generator seeded by (seed, epoch, index), so the
+    same image gets the same crop whichever process, worker or step loads it (exact resume, and
+    torchrun runs equal to single-process ones)."""
+
+    def __init__(self, base: Dataset, seed: int, epoch: int = 0) -> None:
+        self.base, self.seed, self.epoch = base, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i * 104_729) % (2**63))
+            return self.base[i]
 
 
 @dataclass

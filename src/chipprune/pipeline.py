@@ -25,7 +25,7 @@ from torch.utils.data import Subset
 
 from . import __version__
 from .criteria import needs_images, score_with
-from .data import DataSource, make_loader, make_transform, open_data
+from .data import DataSource, SeededAugmentation, make_loader, make_transform, open_data
 from .errors import ChipPruneError
 from .files import read_json, save_state_dict, write_json
 from .graph import ChannelGroup, build_graph, build_groups, find_classifier, prune_group
@@ -89,7 +89,7 @@ class Calibration:
             raise ChipPruneError(f"{source.description}: the training split holds no images")
         if self.images > len(dataset):
             warnings.warn(f"{self.images} calibration images asked for, {source.description} has {len(dataset)}; using them all")
-        loader = make_loader(dataset, self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
+        loader = make_loader(SeededAugmentation(dataset, self.seed), self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             # Under torchrun each process scores its share of the images; score sums are reduced.
             share = list(range(len(loader.dataset)))[dist.get_rank() :: dist.get_world_size()]
@@ -250,7 +250,6 @@ def score(
     groups = all_groups if groups is None else groups
     loader = None
     if needs_images(criterion):
-        torch.manual_seed(calibration.seed)  # the augmentation draws from the global generator
         loader = calibration.loader(spec)
     return score_with(
         criterion, model, dg, groups, loader, device=device, seed=calibration.seed, progress=progress,
@@ -373,7 +372,6 @@ def prune(
     t0 = time.perf_counter()
     loader = None
     if uses_images:
-        torch.manual_seed(calibration.seed)  # the augmentation draws from the global generator
         loader = calibration.loader(spec, source)
     result = prune_model(
         model, spec, plan, groups, dg, classifier, loader, criterion=criterion, device=device, seed=calibration.seed,
@@ -389,7 +387,6 @@ def prune(
     report["bn_recalibrated"] = False
     if recalibrate_bn and source is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         t0 = time.perf_counter()
-        torch.manual_seed(calibration.seed)
         report["bn_recalibration_images"] = recalibrate_batchnorm(model, calibration.loader(spec, source), device)
         report["bn_recalibrated"] = True
         timings["bn_recalibration_s"] = time.perf_counter() - t0

@@ -23,10 +23,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm.auto import tqdm
 
-from .data import DataSource, make_transform
+from .data import DataSource, SeededAugmentation, make_transform
 from .distributed import Dist, all_reduce_sum, barrier
 from .errors import ChipPruneError
 from .files import atomic_write_bytes, save_state_dict, write_json
@@ -82,7 +82,8 @@ class TrainConfig:
     out: Path
     seed: int = 0
     val_fraction: float = 0.1
-    amp: bool = True  # bf16 autocast on CUDA; off on CPU
+    amp: bool = True  # autocast on CUDA (off on the CPU)
+    amp_dtype: str = "bf16"  # or "fp16", which also turns on loss scaling
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     resume: bool = False
     progress: bool = True
@@ -106,24 +107,9 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63)
 
 
-class _SeededImages(Dataset):
-    """Draws each image's augmentation from a generator seeded by (seed, epoch, index)."""
-
-    def __init__(self, base: Dataset, seed: int) -> None:
-        self.base, self.seed, self.epoch = base, seed, 0
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i * 104_729) % (2**63))
-            return self.base[i]
-
-
-def _autocast(device: torch.device, amp: bool):
+def _autocast(device: torch.device, amp: bool, dtype: str = "bf16"):
     enabled = amp and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+    return torch.autocast(device_type=device.type, dtype=torch.float16 if dtype == "fp16" else torch.bfloat16, enabled=enabled)
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -172,7 +158,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
         train_idx = train_idx[: config.limit_train_images]
     if len(train_idx) < recipe.batch_size:
         raise ChipPruneError(f"{len(train_idx)} training images are fewer than one batch of {recipe.batch_size}; lower --batch-size")
-    train_subset = _SeededImages(Subset(train_aug, train_idx), config.seed)
+    train_subset = SeededAugmentation(Subset(train_aug, train_idx), config.seed)
     sampler = DistributedSampler(train_subset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=config.seed, drop_last=True)
     steps_per_epoch = len(sampler) // per_rank_batch
     total_steps = steps_per_epoch * recipe.epochs
@@ -196,7 +182,8 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
         lr=recipe.lr, momentum=recipe.momentum,
     )
     scheduler = build_scheduler(optimizer, total_steps, warmup_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
+    # fp16 needs loss scaling against underflow; bf16 has float32's range and does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and config.amp_dtype == "fp16" and device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
     start_epoch, start_step, history = 0, 0, []
@@ -249,7 +236,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, config.amp):
+            with _autocast(device, config.amp, config.amp_dtype):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)

@@ -24,6 +24,7 @@ from .train import RECIPES, TrainConfig, recipe_with
 from .latency import measure_latency
 from .metrics import count_macs, count_params, evaluate
 from .models.registry import create_model
+from .pilot import pilot_markdown, run_pilot, sensitivity
 from .pipeline import (
     Calibration,
     load_model,
@@ -240,6 +241,28 @@ def cmd_run(args: argparse.Namespace) -> None:
     _print_training(report, root / "finetuned")
 
 
+def cmd_pilot(args: argparse.Namespace) -> None:
+    device = _device(args.device)
+    torch.manual_seed(args.seed)
+    model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
+    out = Path(args.out) if args.out else Path("chipprune-out") / f"{spec.name.replace(':', '_')}-pilot"
+    calibration = _calibration(args)
+    if args.sensitivity:
+        result = sensitivity(model, spec, args.data, out, ratios=args.sensitivity_ratios, calibration=calibration,
+                             max_drop=args.max_drop, device=device, progress=not args.quiet)
+        print(f"\nsuggested plan ({len(result['suggested_plan'])} groups): {out}/suggested_plan.json "
+              f"(use: chipprune prune --sparsity {out}/suggested_plan.json); chart: {out}/sensitivity.png")
+        return
+    summary = run_pilot(model, spec, args.data, out, levels=args.levels, calibration=calibration,
+                        finetune_epochs=args.finetune_epochs, max_drop=args.max_drop, confidence=args.confidence,
+                        round_to=args.round_to, device=device, progress=not args.quiet)
+    print()
+    print(pilot_markdown(summary).split("![")[0].strip())
+    rec = summary["recommended"]
+    print(f"\nrecommendation: {'prune to ' + format(rec['target'], '.0%') + ' of the MACs' if rec else 'none of the levels is safe'}"
+          f" (max drop {args.max_drop} point(s) at {args.confidence:.0%} confidence); report: {out}/pilot.md, plot: {out}/pilot.png")
+
+
 def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sparsity", default=None,
@@ -316,6 +339,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune_args(p)
     _add_train_args(p, standalone=False)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pilot", help="sweep compression levels on your data and recommend a safe one")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.65, 0.5, 0.35], help="MAC budgets as fractions")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="short fine-tuning per level (default none)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy drop (points) you accept (default 1)")
+    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (default 0.95)")
+    p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--sensitivity", action="store_true", help="instead: prune one group at a time and chart the drops")
+    p.add_argument("--sensitivity-ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL-pilot); reruns resume")
+    p.set_defaults(func=cmd_pilot)
 
     p = sub.add_parser("eval", help="evaluate a pruned folder: accuracy, and latency against the original")
     p.add_argument("folder", help="folder written by 'chipprune prune'")

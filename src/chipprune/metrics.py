@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-__all__ = ["count_params", "count_macs", "evaluate", "recalibrate_batchnorm"]
+__all__ = ["count_params", "count_macs", "evaluate", "correct_flags", "recalibrate_batchnorm"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -54,6 +54,18 @@ def evaluate(
     if total == 0:
         return {"top1": float("nan"), "top5": float("nan"), "images": 0}
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "images": total}
+
+
+def correct_flags(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Per test image, whether the top-1 prediction is right (bool, in data order): for paired comparisons."""
+    model.eval()
+    flags = []
+    with torch.inference_mode():
+        for x, y in batches:
+            flags.append((model(x.to(device)).argmax(1).cpu() == y).cpu())
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
 
 
 def recalibrate_batchnorm(

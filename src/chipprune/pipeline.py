@@ -282,10 +282,13 @@ def prune_model(
     seed: int = 0,
     progress: bool = True,
     total: int | None = None,
+    scores: dict[str, GroupScores] | None = None,
 ) -> PruneResult:
-    """Score the groups the plan prunes, then remove the lowest-scoring channels of ``model`` in place."""
+    """Score the groups the plan prunes (unless ``scores`` are given, e.g. reused across plans), then
+    remove the lowest-scoring channels of ``model`` in place."""
     to_score = [g for g in groups if plan.keep[g.name] < g.channels]
-    scores = score_with(criterion, model, dg, to_score, batches, device=device, seed=seed, progress=progress, total=total)
+    if scores is None:
+        scores = score_with(criterion, model, dg, to_score, batches, device=device, seed=seed, progress=progress, total=total)
     records = []
     for g in to_score:
         ratio = 1.0 - plan.keep[g.name] / g.channels

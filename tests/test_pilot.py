@@ -1,0 +1,83 @@
+import json
+from statistics import NormalDist
+
+import pytest
+import torch
+
+import chipprune.pilot as pilot
+from chipprune import Calibration, load_model
+from chipprune.cli import main
+from chipprune.pilot import LevelResult, paired_drop_interval, recommend, wilson_interval
+
+
+def test_wilson_interval_known_answers():
+    low, high = wilson_interval(0, 10)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(100 * 1.96**2 / (10 + 1.96**2), rel=1e-3)
+    low, high = wilson_interval(90, 100)
+    assert (low, high) == pytest.approx((82.56, 94.48), abs=0.01)  # the published Wilson interval
+    # Symmetry: k right out of n mirrors n - k right.
+    a, b = wilson_interval(17, 40, 0.9), wilson_interval(23, 40, 0.9)
+    assert a[0] == pytest.approx(100 - b[1]) and a[1] == pytest.approx(100 - b[0])
+
+
+def test_paired_drop_interval():
+    base = torch.ones(100, dtype=torch.bool)
+    pruned = base.clone()
+    pruned[:10] = False  # ten images the pruned model gets wrong
+    drop, low, high = paired_drop_interval(base, pruned)
+    sd, z = (0.1 * 0.9 * 100 / 99) ** 0.5, NormalDist().inv_cdf(0.975)
+    assert drop == pytest.approx(10.0) and (low, high) == pytest.approx((10 - 100 * z * sd / 10, 10 + 100 * z * sd / 10))
+    same = paired_drop_interval(base, base.clone())
+    assert same == (0.0, 0.0, 0.0)  # identical predictions: no drop, no doubt
+
+
+def _level(target, macs, drop_high):
+    return LevelResult(target, 1, macs, 1.0, 90.0, 89.0, 91.0, drop_high - 0.5, drop_high - 1.0, drop_high, 0)
+
+
+def test_recommendation_rule():
+    levels = [_level(0.8, 80, 0.3), _level(0.65, 65, 0.9), _level(0.5, 50, 1.4), _level(0.35, 35, 6.0)]
+    assert recommend(levels, max_drop=1.0).target == 0.65
+    assert recommend(levels, max_drop=2.0).target == 0.5
+    assert recommend(levels, max_drop=0.1) is None
+
+
+def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, monkeypatch):
+    calls = {"score": 0, "prune": 0}
+    real_score, real_prune = pilot.score_groups, pilot.prune_model
+
+    def counting_score(*a, **k):
+        calls["score"] += 1
+        return real_score(*a, **k)
+
+    def counting_prune(*a, **k):
+        calls["prune"] += 1
+        return real_prune(*a, **k)
+
+    monkeypatch.setattr(pilot, "score_groups", counting_score)
+    monkeypatch.setattr(pilot, "prune_model", counting_prune)
+    model, spec = load_model("cifar_resnet56", "bundled")
+    calib = Calibration(images=64, batch_size=32)
+    summary = pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5, 0.8, 0.65], calibration=calib, progress=False)
+    assert calls == {"score": 1, "prune": 3}  # scores computed once, reused by every level
+    macs = [lv["macs"] for lv in summary["levels"]]
+    assert [lv["target"] for lv in summary["levels"]] == [0.8, 0.65, 0.5] and macs == sorted(macs, reverse=True)
+    assert all(abs(lv["macs"] / summary["baseline"]["macs"] - lv["target"]) < 0.01 for lv in summary["levels"])
+    assert {"pilot.json", "pilot.md", "pilot.png", "scores.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    assert "## Recommendation" in (tmp_path / "pilot.md").read_text()
+
+    (tmp_path / "levels" / "macs-0.650.json").unlink()  # as if interrupted before this level finished
+    again = pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5, 0.8, 0.65], calibration=calib, progress=False)
+    assert calls == {"score": 1, "prune": 4}  # scores reloaded, only the missing level redone
+    assert again["levels"][0] == summary["levels"][0]
+
+
+def test_sensitivity_suggests_a_plan_prune_accepts(tmp_path):
+    model, spec = load_model("cifar_resnet20", "none")
+    result = pilot.sensitivity(model, spec, "bundled", tmp_path, ratios=[0.5], calibration=Calibration(images=32, batch_size=32),
+                               max_drop=100.0, progress=False)
+    assert len(result["drops"]) == 12 and all("0.5" in d for d in result["drops"].values())
+    plan = json.loads((tmp_path / "suggested_plan.json").read_text())
+    assert plan and set(plan.values()) == {0.5}
+    assert main(["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", str(tmp_path / "suggested_plan.json"),
+                 "--dry-run"]) == 0

@@ -201,15 +201,17 @@ def _plot(path: Path, base: dict[str, Any], results: list[LevelResult]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    macs = [r.macs / 1e6 for r in results] + [base["macs"] / 1e6]
-    top1 = [r.top1 for r in results] + [base["top1"]]
-    low = [r.top1 - r.top1_low for r in results] + [base["top1"] - base["top1_interval"][0]]
-    high = [r.top1_high - r.top1 for r in results] + [base["top1_interval"][1] - base["top1"]]
+    points = sorted(
+        [(r.macs / 1e6, r.top1, r.top1 - r.top1_low, r.top1_high - r.top1, r.latency_ms) for r in results]
+        + [(base["macs"] / 1e6, base["top1"], base["top1"] - base["top1_interval"][0], base["top1_interval"][1] - base["top1"], base["latency_ms"])]
+    )
+    macs, top1, low, high, latency = (list(v) for v in zip(*points))
     ax.errorbar(macs, top1, yerr=[low, high], fmt="o-", capsize=4, label="top-1 (Wilson interval)")
+    ax.annotate("original", (base["macs"] / 1e6, base["top1"]), textcoords="offset points", xytext=(-20, 8), fontsize=8)
     ax.set_xlabel("MACs per image (millions)")
     ax.set_ylabel("test top-1 (%)")
     ax2 = ax.twinx()
-    ax2.plot(macs, [r.latency_ms for r in results] + [base["latency_ms"]], "s--", color="tab:orange", label="latency, batch 1")
+    ax2.plot(macs, latency, "s--", color="tab:orange", label="latency, batch 1")
     ax2.set_ylabel("latency at batch 1 (ms)")
     ax.set_title("pilot: accuracy and latency vs compute")
     fig.legend(loc="lower right", fontsize=8)

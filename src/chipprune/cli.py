@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -69,6 +70,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "or an ImageFolder root with train/ and test/ (or val/)",
     )
     p.add_argument("--calib-images", type=int, default=640, help="calibration images (default 640 = 5 x 128)")
+    p.add_argument(
+        "--require-calib-images", action="store_true",
+        help="stop if the data has fewer training images than --calib-images (default: warn and use them all)",
+    )
     p.add_argument("--batch-size", type=int, default=128, help="calibration batch size (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed for image choice and augmentation")
     p.add_argument(
@@ -82,7 +87,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _calibration(args: argparse.Namespace) -> Calibration:
     if args.calib_images < 1 or args.batch_size < 1:
         raise ChipPruneError("--calib-images and --batch-size must be positive")
-    return Calibration(args.data, args.calib_images, args.batch_size, args.seed)
+    return Calibration(args.data, args.calib_images, args.batch_size, args.seed, require_all=args.require_calib_images)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -371,12 +376,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"chipprune: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
+    saved_showwarning = warnings.showwarning
+    if not args.debug:
+        warnings.showwarning = _show_warning  # one plain line per warning, no source excerpt
     try:
         args.func(args)
     except ChipPruneError as exc:
@@ -387,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("chipprune: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = saved_showwarning
     return 0
 
 

@@ -135,6 +135,15 @@ def _cifar_root(root: Path) -> DataSource:
 # --- ImageFolder trees --------------------------------------------------------------------------
 
 
+def _read_image(path: str) -> Image.Image:
+    # Grey-scale, palette and RGBA images are converted; a file PIL cannot read gets a clear error.
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ChipPruneError(f"cannot read image {path}: {exc}") from None
+
+
 def _image_folder(root: Path) -> DataSource:
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
 
@@ -143,7 +152,7 @@ def _image_folder(root: Path) -> DataSource:
         if not folder.is_dir():
             raise ChipPruneError(f"{root} has no '{folder.name}/' folder for the {split} split")
         try:
-            return datasets.ImageFolder(str(folder), transform=transform)
+            return datasets.ImageFolder(str(folder), transform=transform, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise ChipPruneError(f"cannot read images under {folder}: {exc}") from None
 

@@ -81,12 +81,17 @@ class Calibration:
     batch_size: int = 128
     seed: int = 0
     augment: bool = True
+    require_all: bool = False  # stop, rather than use fewer images, when the data has fewer than `images`
 
     def loader(self, spec: ModelSpec, source: DataSource | None = None):
         source = source or open_data(self.data)
         dataset = source.split("train", make_transform(spec, self.augment, source.image_size))
         if len(dataset) == 0:
             raise ChipPruneError(f"{source.description}: the training split holds no images")
+        if self.images > len(dataset) and self.require_all:
+            raise ChipPruneError(
+                f"{self.images} calibration images asked for, but {source.description} has {len(dataset)} training images"
+            )
         if self.images > len(dataset):
             warnings.warn(f"{self.images} calibration images asked for, {source.description} has {len(dataset)}; using them all")
         loader = make_loader(SeededAugmentation(dataset, self.seed), self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
@@ -152,6 +157,13 @@ def _keep_counts(groups: list[ChannelGroup], ratios: dict[str, float], round_to:
     keep = {}
     for g in groups:
         block = g.channels // g.channel_groups if g.channels % g.channel_groups == 0 else g.channels
+        ratio = ratios.get(g.name, 0.0)
+        if ratio > 0 and int(block * (1.0 - ratio)) == 0:
+            raise ChipPruneError(
+                f"ratio {ratio} would leave group '{g.name}' ({block} channels"
+                f"{' per block' if block != g.channels else ''}) with no channels; "
+                f"the largest ratio it allows is {1 - 1 / block:.4f}"
+            )
         per_block = channels_to_keep(block, ratios.get(g.name, 0.0), round_to)
         keep[g.name] = per_block * (g.channels // block)
     return keep
@@ -435,5 +447,8 @@ def load_pruned(folder: str | Path, device: torch.device | str = "cpu") -> nn.Mo
         if g["group"] not in modules:
             raise ChipPruneError(f"{folder / 'pruning.json'} names layer '{g['group']}', which {spec.name} does not have")
         prune_group(dg, model, g["group"], g["removed"])
-    load_weights(model, folder / "model.safetensors")
+    try:
+        load_weights(model, folder / "model.safetensors")
+    except ChipPruneError as exc:
+        raise ChipPruneError(f"pruned folder {folder}: pruning.json and model.safetensors disagree: {exc}") from None
     return model.to(device).eval()

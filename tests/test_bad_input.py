@@ -1,0 +1,185 @@
+"""Bad input gets a clear message and exit status 2, never a traceback (one row per mistake)."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from chipprune import ChipPruneError, get_model_spec
+from chipprune.cli import main
+from chipprune.models import create_model
+from chipprune.pipeline import make_pruning_plan, prunable_groups
+from chipprune.plan import parse_sparsity
+from conftest import EvilPickle
+
+
+def _files(tmp):
+    """Broken inputs a user might hand us, made once per test."""
+    (tmp / "truncated.pt").write_bytes(b"PK\x03\x04\x14\x00")
+    (tmp / "garbage.safetensors").write_bytes(b"\xff" * 64)
+    torch.save(create_model("cifar_resnet20").state_dict(), tmp / "r20.pt")
+    torch.save({"state_dict": EvilPickle(str(tmp / "pwned"))}, tmp / "evil.pth")
+    (tmp / "empty").mkdir()
+    (tmp / "plan.json").write_text(json.dumps({"layer9.*": 0.5}))
+    (tmp / "badplan.yaml").write_text("layer1: [oops\n")
+    (tmp / "mymod.py").write_text("def not_a_model():\n    return 42\n")
+    bad = tmp / "badimages"
+    for split in ("train", "test"):
+        (bad / split / "a").mkdir(parents=True)
+        (bad / split / "a" / "0.png").write_bytes(b"not a png")
+    grey = tmp / "grey"
+    for split in ("train", "test"):
+        (grey / split / "a").mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(grey / split / "a" / "0.png")
+    return tmp
+
+
+CASES = [
+    # sparsity and plans
+    (["prune", "--sparsity", "[0.4]*2"], "has 2 entries but cifar_resnet56 needs 30 (1: stem conv1"),
+    (["prune", "--sparsity", "[0.4"], "cannot read term 1"),
+    (["prune", "--sparsity", "[0.4]*x+[0.1]"], "cannot read term 1"),
+    (["prune", "--sparsity", "[1.2]*30"], "must lie in [0, 1)"),
+    (["prune", "--sparsity", "0.99"], "would leave group"),
+    (["prune", "--sparsity", "{tmp}/plan.json"], "'layer9.*' matches no prunable layer"),
+    (["prune", "--sparsity", "{tmp}/badplan.yaml"], "cannot parse plan file"),
+    (["prune", "--sparsity", "{tmp}/missing.json"], "plan file not found"),
+    (["prune", "--target-macs", "0.0001"], "cannot be reached"),
+    (["prune", "--target-macs", "2e9"], "the model has"),
+    (["prune", "--target-macs", "0.5", "--sparsity", "0.3"], "not both"),
+    (["prune", "--ignore", "layer9.conv"], "--ignore names no layer"),
+    # models and weights
+    (["prune", "--model", "resnet5"], "unknown model 'resnet5'. Did you mean"),
+    (["prune", "--model", "nosuchpkg.mod:fn"], "cannot import 'nosuchpkg.mod'"),
+    (["prune", "--model", "mymod:missing"], "has no function 'missing'"),
+    (["prune", "--model", "mymod:not_a_model"], "returned int, not an nn.Module"),
+    (["prune", "--weights", "{tmp}/nothere.pt"], "weights file not found"),
+    (["prune", "--weights", "{tmp}/truncated.pt"], "truncated or corrupt"),
+    (["prune", "--weights", "{tmp}/garbage.safetensors"], "cannot read safetensors file"),
+    (["prune", "--weights", "{tmp}/r20.pt"], "do not fit this model (missing layer1.3.conv1.weight"),
+    (["prune", "--weights", "{tmp}/evil.pth"], "never runs"),
+    (["prune", "--model", "cifar_resnet20"], "no weights ship with 'cifar_resnet20'"),
+    # data
+    (["prune", "--data", "{tmp}/nowhere"], "data path not found"),
+    (["prune", "--data", "{tmp}/empty"], "neither a CIFAR-10 root"),
+    (["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", "{tmp}/badimages"], "cannot read image"),
+    (["prune", "--calib-images", "1000", "--require-calib-images"], "1000 calibration images asked for"),
+    (["prune", "--calib-images", "0"], "must be positive"),
+    # other commands
+    (["eval", "{tmp}/empty"], "file not found"),
+    (["finetune", "{tmp}/empty"], "file not found"),
+    (["prune", "--device", "cuda"] if not torch.cuda.is_available() else ["prune", "--model", "x"], "cuda" if not torch.cuda.is_available() else "unknown"),
+]
+
+
+@pytest.mark.parametrize("args, message", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
+def test_bad_input_row(args, message, tmp_path, capsys, monkeypatch):
+    tmp = _files(tmp_path)
+    monkeypatch.chdir(tmp)  # so mymod.py imports, and nothing lands in the repository
+    code = main([a.replace("{tmp}", str(tmp)) for a in args] + (["--quiet"] if args[0] != "eval" else []))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert not (tmp / "pwned").exists()
+
+
+def test_grey_scale_images_are_converted(tmp_path):
+    from chipprune.data import make_transform, open_data
+
+    tmp = _files(tmp_path)
+    source = open_data(tmp / "grey")
+    x, _ = source.split("train", make_transform(get_model_spec("cifar_resnet20"), False, None))[0]
+    assert x.shape == (3, 32, 32)
+
+
+def test_pruned_folder_whose_weights_disagree_with_its_description(tmp_path):
+    from chipprune import load_model, load_pruned, prune, save_pruned
+    from chipprune.pipeline import Calibration
+
+    model, spec = load_model("cifar_resnet20", "none")
+    save_pruned(prune(model, spec, sparsity="0.5", criterion="l1", evaluate_on=False, recalibrate_bn=False, progress=False,
+                      calibration=Calibration(images=8, batch_size=8)), tmp_path)
+    record = json.loads((tmp_path / "pruning.json").read_text())
+    record["groups"][1]["removed"] = record["groups"][1]["removed"][:-1]  # one channel fewer removed than saved
+    (tmp_path / "pruning.json").write_text(json.dumps(record))
+    with pytest.raises(ChipPruneError, match=r"pruning.json and model.safetensors disagree.*layer1.0.conv1.weight: file \(8, 8, 3, 3\) vs model \(9"):
+        load_pruned(tmp_path)
+
+
+def test_fewer_calibration_images_warn_and_use_what_exists(tmp_path, capsys):
+    tmp = _files(tmp_path)
+    assert main(["score", "--model", "cifar_resnet20", "--weights", "none", "--data", str(tmp / "grey"), "--calib-images", "4",
+                 "--out", str(tmp_path / "s.safetensors"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: 4 calibration images asked for" in captured.err and "on 1 images" in captured.out
+
+
+def test_dead_and_huge_activations_give_finite_scores():
+    from chipprune.independence import channel_independence
+
+    maps = torch.zeros(3, 8, 4, 4)
+    maps[:, :4] = torch.rand(3, 4, 4, 4) * 1e30  # extremely large activations
+    ci = channel_independence(maps)
+    assert torch.isfinite(ci).all() and (ci[4:] == 0).all() and (ci[:4] > 0).all()
+    assert torch.equal(channel_independence(torch.full((2, 3, 2, 2), 0.0)), torch.zeros(3, dtype=torch.float64))
+
+
+def test_unpickling_a_cifar_batch_with_code_is_refused(tmp_path):
+    from chipprune.data import open_data
+
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({"data": EvilPickle(str(tmp_path / "pwned")), "labels": [0]}, f)
+    with pytest.raises(ChipPruneError, match="refusing"):
+        open_data(tmp_path).split("test", lambda x: x)
+    assert not (tmp_path / "pwned").exists()
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+ratios = st.floats(min_value=0.0, max_value=0.999, allow_nan=False).map(lambda r: round(r, 3))
+terms = st.lists(st.tuples(st.lists(ratios, min_size=1, max_size=3), st.integers(1, 40)), min_size=1, max_size=5)
+
+
+@given(terms)
+def test_sparsity_strings_parse_to_their_expansion(parts):
+    text = "+".join(f"[{', '.join(repr(r) for r in values)}]*{n}" for values, n in parts)
+    assert parse_sparsity(text) == [r for values, n in parts for r in values * n]
+
+
+@given(st.text(max_size=40))
+def test_any_text_either_parses_or_gets_a_clear_error(text):
+    try:
+        result = parse_sparsity(text)
+    except ChipPruneError as exc:
+        assert str(exc)
+    else:
+        assert all(0.0 <= r < 1.0 for r in result)
+
+
+@pytest.fixture(scope="module")
+def resnet20_groups():
+    model = create_model("cifar_resnet20").eval()
+    spec = get_model_spec("cifar_resnet20")
+    _, groups, _ = prunable_groups(model, spec)
+    return model, spec, groups
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.floats(min_value=0.3, max_value=0.9))
+def test_plan_search_lands_near_the_target_and_is_monotone(resnet20_groups, target):
+    from chipprune.metrics import count_macs
+
+    model, spec, groups = resnet20_groups
+    base = count_macs(model, 32)
+    plan = make_pruning_plan(model, spec, groups, target_macs=target)
+    near = abs(plan.macs / base - target) <= 0.01 * target
+    assert near or any("closest reachable" in n for n in plan.notes)
+    tighter = make_pruning_plan(model, spec, groups, target_macs=target * 0.8)
+    assert tighter.macs <= plan.macs

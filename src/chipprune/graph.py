@@ -118,7 +118,7 @@ def build_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
         raise ChipPruneError(
             f"Torch-Pruning could not trace which channels of {type(model).__name__} are coupled "
             f"({type(exc).__name__}: {exc}). Models that reorder channels with reshapes (channel "
-            "shuffle) are not supported; list such blocks with --ignore, or prune another architecture."
+            "shuffle, as in ShuffleNetV2) cannot be pruned with Torch-Pruning 1.6; choose another architecture."
         ) from None
 
 

@@ -183,3 +183,53 @@ def test_plan_search_lands_near_the_target_and_is_monotone(resnet20_groups, targ
     assert near or any("closest reachable" in n for n in plan.notes)
     tighter = make_pruning_plan(model, spec, groups, target_macs=target * 0.8)
     assert tighter.macs <= plan.macs
+
+
+# --- interruptions --------------------------------------------------------------------------------
+
+
+def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from chipprune.files import atomic_write_bytes
+
+    target = tmp_path / "checkpoint.pt"
+    atomic_write_bytes(target, b"previous checkpoint")
+    real_fdopen = os.fdopen
+
+    class _FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: _FullDisk(real_fdopen(fd, mode)))
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_bytes(target, b"new checkpoint that does not fit")
+    assert target.read_bytes() == b"previous checkpoint"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
+
+
+def test_a_killed_prune_leaves_no_half_written_folder(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "chipprune", "prune", "--out", str(out), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(8)  # well inside evaluation or scoring
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Either nothing was written, or (had it finished) the folder is complete: report.json is written last.
+    files = {p.name for p in out.iterdir()} if out.exists() else set()
+    assert files in (set(), {"model.safetensors", "pruning.json", "report.json"})

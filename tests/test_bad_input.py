@@ -127,6 +127,9 @@ def test_dead_and_huge_activations_give_finite_scores():
     ci = channel_independence(maps)
     assert torch.isfinite(ci).all() and (ci[4:] == 0).all() and (ci[:4] > 0).all()
     assert torch.equal(channel_independence(torch.full((2, 3, 2, 2), 0.0)), torch.zeros(3, dtype=torch.float64))
+    # Constant maps: every row equal, rank 1; removing one of C rows lowers the norm by sqrt(HW)(sqrt(C) - sqrt(C-1)).
+    const = channel_independence(torch.ones(2, 5, 3, 3))
+    assert torch.allclose(const, torch.full((5,), 3.0 * (5**0.5 - 4**0.5), dtype=torch.float64), rtol=1e-7)
 
 
 def test_unpickling_a_cifar_batch_with_code_is_refused(tmp_path):

@@ -64,7 +64,7 @@ def weight_scores(criterion: str, dg: tp.DependencyGraph, model: nn.Module, grou
 def score_with(
     criterion: str,
     model: nn.Module,
-    dg: tp.DependencyGraph,
+    dg: tp.DependencyGraph | None,
     groups: list[ChannelGroup],
     batches: Iterable | None,
     *,

@@ -56,7 +56,9 @@ class SeededAugmentation(Dataset):
 
     def __getitem__(self, i: int):
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i * 104_729) % (2**63))
+            # Only the CPU generator draws augmentations; torch.manual_seed would also queue CUDA
+            # seeding on every image, which costs far more than the crop itself.
+            torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i * 104_729) % (2**63))
             return self.base[i]
 
 

@@ -258,8 +258,10 @@ def score(
     progress: bool = True,
 ) -> dict[str, GroupScores]:
     """Score every channel of every prunable group (or of ``groups``) on the calibration images."""
-    dg, all_groups, _ = prunable_groups(model, spec)
-    groups = all_groups if groups is None else groups
+    dg = None  # the dependency graph is only needed to find groups or for weight-based criteria
+    if groups is None or not needs_images(criterion):
+        dg, all_groups, _ = prunable_groups(model, spec)
+        groups = all_groups if groups is None else groups
     loader = None
     if needs_images(criterion):
         loader = calibration.loader(spec)

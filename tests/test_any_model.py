@@ -189,3 +189,18 @@ def test_ignored_layers_and_the_classifier_keep_their_outputs():
     assert "layer2.1.conv1" not in names and "linear" not in names
     with pytest.raises(ChipPruneError, match="names no layer"):
         prunable_groups(model, spec, ignored=["layer9.conv"])
+
+
+@pytest.mark.parametrize("target", [0.1, 0.15, 0.2, 0.5])
+def test_mac_target_plans_prune_widths_that_are_not_powers_of_two(target):
+    # Plans from --target-macs give counts such as 5 of 12 channels; the surgery must keep exactly
+    # those counts (re-deriving them from a ratio in floating point can land one short).
+    model = create_model("custom_nets:tiny_net").eval()
+    spec = get_model_spec("custom_nets:tiny_net", image_size=32)
+    dg, groups, classifier = prunable_groups(model, spec)
+    plan = make_pruning_plan(model, spec, groups, target_macs=target)
+    result = prune_model(model, spec, plan, groups, dg, classifier, None, criterion="l1", progress=False)
+    assert {r["group"]: r["channels_after"] for r in result.record["groups"]} == {
+        g.name: plan.keep[g.name] for g in groups if plan.keep[g.name] < g.channels
+    }
+    assert result.model(torch.randn(1, 3, 32, 32)).shape == (1, 10)

@@ -31,7 +31,7 @@ from .files import read_json, save_state_dict, write_json
 from .graph import ChannelGroup, build_graph, build_groups, find_classifier, prune_group
 from .metrics import count_macs, count_params, evaluate, recalibrate_batchnorm
 from .models.registry import ModelSpec, create_model, get_model_spec
-from .plan import PAPER_SPARSITY, channels_to_keep, make_plan, paper_feature_sources, select_channels
+from .plan import PAPER_SPARSITY, channels_to_keep, make_plan, paper_feature_sources, select_top
 from .scoring import GroupScores
 from .weights import load_weights
 
@@ -147,9 +147,8 @@ def _size_after(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup], k
     dg = build_graph(trial, _example_input(spec, _device_of(trial)))
     for g in groups:
         if keep.get(g.name, g.channels) < g.channels:
-            block = g.channels // g.channel_groups
-            kept = keep[g.name] // g.channel_groups
-            prune_group(dg, trial, g.name, [b * block + i for b in range(g.channel_groups) for i in range(kept, block)])
+            _, remove = select_top(torch.zeros(g.channels), keep[g.name], g.channel_groups)
+            prune_group(dg, trial, g.name, remove)
     return count_params(trial), count_macs(trial, spec.image_size)
 
 
@@ -164,7 +163,7 @@ def _keep_counts(groups: list[ChannelGroup], ratios: dict[str, float], round_to:
                 f"{' per block' if block != g.channels else ''}) with no channels; "
                 f"the largest ratio it allows is {1 - 1 / block:.4f}"
             )
-        per_block = channels_to_keep(block, ratios.get(g.name, 0.0), round_to)
+        per_block = channels_to_keep(block, ratio, round_to)
         keep[g.name] = per_block * (g.channels // block)
     return keep
 
@@ -306,8 +305,8 @@ def prune_model(
     records = []
     for g in to_score:
         ratio = 1.0 - plan.keep[g.name] / g.channels
-        keep, remove = select_channels(scores[g.name].scores, plan.ratios[g.name], g.channel_groups, plan.round_to)
-        assert len(keep) == plan.keep[g.name], (g.name, len(keep), plan.keep[g.name])
+        # The plan fixed the count; re-deriving it from a ratio in floating point could miss by one.
+        keep, remove = select_top(scores[g.name].scores, plan.keep[g.name], g.channel_groups)
         prune_group(dg, model, g.name, remove)
         records.append(
             {

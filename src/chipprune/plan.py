@@ -27,6 +27,7 @@ __all__ = [
     "make_plan",
     "channels_to_keep",
     "select_channels",
+    "select_top",
     "paper_feature_sources",
     "plan_from_patterns",
 ]
@@ -227,26 +228,31 @@ def channels_to_keep(channels: int, ratio: float, round_to: int = 1) -> int:
     return keep
 
 
-def select_channels(
-    scores: torch.Tensor, ratio: float, channel_groups: int = 1, round_to: int = 1
-) -> tuple[list[int], list[int]]:
-    """Indices to keep (highest scores) and to remove, both sorted; ties keep the lower index.
+def select_top(scores: torch.Tensor, keep: int, channel_groups: int = 1) -> tuple[list[int], list[int]]:
+    """The ``keep`` highest-scoring indices and the rest, both sorted; ties keep the lower index.
 
     With ``channel_groups`` > 1 (grouped convolutions), the channels form that many equal blocks:
-    scores are averaged over the blocks, the choice is made once and repeated in every block.
+    scores are averaged over the blocks, ``keep / channel_groups`` positions are chosen once and
+    kept in every block.
     """
     n = scores.numel()
     if channel_groups > 1 and n % channel_groups == 0:
         block = n // channel_groups
-        keep_block, _ = select_channels(scores.double().view(channel_groups, block).mean(0), ratio, 1, round_to)
-        keep = sorted(g * block + i for g in range(channel_groups) for i in keep_block)
-        return keep, sorted(set(range(n)) - set(keep))
-    keep_n = channels_to_keep(n, ratio, round_to)
+        keep_block, _ = select_top(scores.double().view(channel_groups, block).mean(0), keep // channel_groups)
+        kept = sorted(g * block + i for g in range(channel_groups) for i in keep_block)
+        return kept, sorted(set(range(n)) - set(kept))
     # Stable sort on the negated scores: equal scores keep their original order.
     order = torch.sort(-scores.double(), stable=True).indices
-    keep = sorted(order[:keep_n].tolist())
-    remove = sorted(order[keep_n:].tolist())
-    return keep, remove
+    return sorted(order[:keep].tolist()), sorted(order[keep:].tolist())
+
+
+def select_channels(
+    scores: torch.Tensor, ratio: float, channel_groups: int = 1, round_to: int = 1
+) -> tuple[list[int], list[int]]:
+    """Indices to keep and to remove at ``ratio`` (the paper's count rule, per block of grouped convs)."""
+    n = scores.numel()
+    blocks = channel_groups if channel_groups > 1 and n % channel_groups == 0 else 1
+    return select_top(scores, channels_to_keep(n // blocks, ratio, round_to) * blocks, blocks)
 
 
 def paper_feature_sources(spec: ModelSpec, groups: list[ChannelGroup]) -> None:

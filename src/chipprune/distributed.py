@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "setup_distributed", "all_reduce_sum", "barrier"]
+__all__ = ["Dist", "setup_distributed", "world", "all_reduce_sum", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -45,13 +45,20 @@ def setup_distributed(device: torch.device) -> Dist:
     return Dist(rank, world, device)
 
 
+def world() -> tuple[int, int]:
+    """(rank, number of processes) of the running process group; (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum ``t`` over all processes (a no-op in a single process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world()[1] > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world()[1] > 1:
         dist.barrier()

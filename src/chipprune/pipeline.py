@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch_pruning as tp
 from torch.utils.data import Subset
@@ -26,6 +25,7 @@ from torch.utils.data import Subset
 from . import __version__
 from .criteria import needs_images, score_with
 from .data import DataSource, SeededAugmentation, make_loader, make_transform, open_data
+from .distributed import world
 from .errors import ChipPruneError
 from .files import read_json, save_state_dict, write_json
 from .graph import ChannelGroup, build_graph, build_groups, find_classifier, prune_group
@@ -95,9 +95,10 @@ class Calibration:
         if self.images > len(dataset):
             warnings.warn(f"{self.images} calibration images asked for, {source.description} has {len(dataset)}; using them all")
         loader = make_loader(SeededAugmentation(dataset, self.seed), self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        rank, processes = world()
+        if processes > 1:
             # Under torchrun each process scores its share of the images; score sums are reduced.
-            share = list(range(len(loader.dataset)))[dist.get_rank() :: dist.get_world_size()]
+            share = list(range(len(loader.dataset)))[rank::processes]
             loader = make_loader(Subset(loader.dataset, share), self.batch_size)
         return loader
 

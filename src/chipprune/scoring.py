@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .distributed import all_reduce_sum
+from .distributed import all_reduce_sum, world
 from .errors import ChipPruneError
 from .graph import ChannelGroup
 from .independence import channel_independence_per_image
@@ -172,7 +172,7 @@ def score_groups(
 
 def _reduce_across_processes(accumulators: dict[tuple[str, str], _Accumulator], images: int, device) -> int:
     """Under torchrun, sum every process's score sums (each scored its share of the images)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1):
+    if world()[1] == 1:
         return images
     for acc in accumulators.values():
         # Every process ran the same layers, so the same maps hold sums (aliases hold none).

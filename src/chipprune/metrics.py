@@ -13,6 +13,8 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from .distributed import all_reduce_sum
+
 __all__ = ["count_params", "count_macs", "evaluate", "correct_flags", "recalibrate_batchnorm"]
 
 
@@ -37,23 +39,29 @@ def count_macs(model: nn.Module, image_size: int, channels: int = 3) -> int:
 
 def evaluate(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu",
-    *, progress: bool = False, desc: str = "evaluating",
+    *, progress: bool = False, desc: str = "evaluating", amp_dtype: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Top-1 and top-5 accuracy in percent, and the number of images."""
+    """Top-1 and top-5 accuracy in percent, and the number of images.
+
+    Under torchrun the counts are summed over the processes (each evaluates its share).
+    ``amp_dtype`` runs the model under autocast on CUDA.
+    """
     model.eval()
-    correct1 = correct5 = total = 0
-    with torch.inference_mode():
+    device = torch.device(device)
+    counts = torch.zeros(3, dtype=torch.float64)  # top-1 right, top-5 right, images
+    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None and device.type == "cuda")
+    with torch.inference_mode(), autocast:
         for x, y in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
-            logits = model(x.to(device))
+            logits = model(x.to(device)).float()
             y = y.to(device)
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(dim=1).sum().item()
-            total += y.numel()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            counts += torch.tensor(
+                [(top[:, 0] == y).sum().item(), (top == y[:, None]).any(dim=1).sum().item(), y.numel()], dtype=torch.float64
+            )
+    correct1, correct5, total = all_reduce_sum(counts.to(device)).cpu().tolist()
     if total == 0:
         return {"top1": float("nan"), "top5": float("nan"), "images": 0}
-    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "images": total}
+    return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "images": int(total)}
 
 
 def correct_flags(

@@ -30,6 +30,7 @@ from .data import DataSource, SeededAugmentation, make_transform
 from .distributed import Dist, all_reduce_sum, barrier
 from .errors import ChipPruneError
 from .files import atomic_write_bytes, save_state_dict, write_json
+from .metrics import evaluate
 from .models.registry import ModelSpec
 
 __all__ = ["Recipe", "RECIPES", "TrainConfig", "lr_at", "build_scheduler", "fit", "read_checkpoint"]
@@ -107,9 +108,15 @@ def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63)
 
 
-def _autocast(device: torch.device, amp: bool, dtype: str = "bf16"):
-    enabled = amp and device.type == "cuda"
-    return torch.autocast(device_type=device.type, dtype=torch.float16 if dtype == "fp16" else torch.bfloat16, enabled=enabled)
+def _amp_dtype(config: TrainConfig) -> torch.dtype | None:
+    """The autocast type on CUDA, or None for full precision."""
+    if not config.amp:
+        return None
+    return torch.float16 if config.amp_dtype == "fp16" else torch.bfloat16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None and device.type == "cuda")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -118,20 +125,6 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint gets one message
         raise ChipPruneError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); remove it to start over") from None
-
-
-def _evaluate(model: nn.Module, loader: DataLoader, dist_info: Dist, amp: bool) -> dict[str, float]:
-    model.eval()
-    counts = torch.zeros(3, dtype=torch.float64)
-    with torch.inference_mode(), _autocast(dist_info.device, amp):
-        for x, y in loader:
-            logits = model(x.to(dist_info.device)).float()
-            y = y.to(dist_info.device)
-            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            counts += torch.tensor([(top[:, 0] == y).sum().item(), (top == y[:, None]).any(1).sum().item(), y.numel()], dtype=torch.float64)
-    counts = all_reduce_sum(counts.to(dist_info.device)).cpu()
-    total = max(1.0, float(counts[2]))
-    return {"top1": 100.0 * float(counts[0]) / total, "top5": 100.0 * float(counts[1]) / total, "images": int(counts[2])}
 
 
 def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConfig, dist_info: Dist) -> dict[str, Any]:
@@ -236,7 +229,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, config.amp, config.amp_dtype):
+            with _autocast(device, _amp_dtype(config)):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
@@ -257,7 +250,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             "seconds": round(time.perf_counter() - t_epoch, 2),
         }
         if val_loader is not None:
-            val = _evaluate(net, val_loader, dist_info, config.amp)
+            val = evaluate(net, val_loader, device, amp_dtype=_amp_dtype(config))
             row.update(val_top1=val["top1"], val_top5=val["top5"])
             if val["top1"] > best["val_top1"]:
                 best = {"val_top1": val["top1"], "epoch": epoch + 1}
@@ -274,7 +267,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
         from .weights import load_weights
 
         load_weights(model, out / "best.safetensors")
-    test = _evaluate(net, eval_loader(test_set), dist_info, config.amp) if len(test_set) else {"top1": float("nan"), "top5": float("nan"), "images": 0}
+    test = evaluate(net, eval_loader(test_set), device, amp_dtype=_amp_dtype(config))  # NaN when there is no test split
     if dist_info.is_main:
         save_state_dict(model, out / "model.safetensors")
     return {

@@ -12,14 +12,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from . import __version__
 from .data import open_data
 from .distributed import setup_distributed
 from .files import read_json, write_json
 from .latency import measure_latency
 from .metrics import count_macs, count_params
 from .models.registry import create_model, get_model_spec
-from .pipeline import PRUNED_FORMAT, load_model, load_pruned
+from .pipeline import load_model, load_pruned, pruning_record
 from .report import write_report
 from .train import TrainConfig, fit
 
@@ -82,19 +81,7 @@ def train_from_scratch(
     summary = fit(model, spec, open_data(data), config, dist_info)
     if not dist_info.is_main:
         return None
-    classifier_out = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
-    record = {
-        "format": PRUNED_FORMAT,
-        "chipprune_version": __version__,
-        "model": spec.name,
-        "num_classes": int(getattr(classifier_out, "out_features", getattr(classifier_out, "out_channels", 0))),
-        "image_size": spec.image_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "criterion": None,
-        "sparsity": "none (trained from scratch)",
-        "groups": [],
-    }
+    record = pruning_record(model, spec, [], criterion=None, sparsity="none (trained from scratch)")
     params, macs = count_params(model), count_macs(model, spec.image_size)
     report = {
         "model": spec.name,

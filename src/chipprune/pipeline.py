@@ -47,6 +47,7 @@ __all__ = [
     "prune",
     "save_pruned",
     "load_pruned",
+    "pruning_record",
 ]
 
 PRUNED_FORMAT = "chipprune-pruned/1"
@@ -321,21 +322,8 @@ def prune_model(
                 "split_half_spearman": round(scores[g.name].split_half_spearman, 4),
             }
         )
-    record = {
-        "format": PRUNED_FORMAT,
-        "chipprune_version": __version__,
-        "model": spec.name,
-        "num_classes": _num_classes(model, classifier),
-        "image_size": spec.image_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "classifier": classifier,
-        "criterion": criterion,
-        "sparsity": plan.description,
-        "round_to": plan.round_to,
-        "notes": plan.notes,
-        "groups": records,
-    }
+    record = pruning_record(model, spec, records, criterion=criterion, sparsity=plan.description, classifier=classifier,
+                            round_to=plan.round_to, notes=plan.notes)
     images = scores[to_score[0].name].images if to_score else 0
     return PruneResult(model, spec, record, {"calibration_images": images}, list(plan.notes))
 
@@ -416,9 +404,36 @@ def prune(
     return result
 
 
-def _num_classes(model: nn.Module, classifier: str) -> int:
+def pruning_record(
+    model: nn.Module,
+    spec: ModelSpec,
+    groups: list[dict[str, Any]],
+    *,
+    criterion: str | None,
+    sparsity: str,
+    classifier: str | None = None,
+    round_to: int = 1,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    """The ``pruning.json`` that lets ``load_pruned`` rebuild ``model``: its name, input and the
+    channels each group lost (no groups: the model as built)."""
+    classifier = classifier or find_classifier(model.eval(), _example_input(spec, _device_of(model)))
     layer = dict(model.named_modules())[classifier]
-    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+    return {
+        "format": PRUNED_FORMAT,
+        "chipprune_version": __version__,
+        "model": spec.name,
+        "num_classes": int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels),
+        "image_size": spec.image_size,
+        "mean": list(spec.mean),
+        "std": list(spec.std),
+        "classifier": classifier,
+        "criterion": criterion,
+        "sparsity": sparsity,
+        "round_to": round_to,
+        "notes": list(notes or []),
+        "groups": groups,
+    }
 
 
 def save_pruned(result: PruneResult, folder: str | Path) -> Path:

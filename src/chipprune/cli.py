@@ -16,7 +16,7 @@ from .errors import ChipPruneError
 from .files import save_tensors, write_json
 from .models.registry import get_model_spec, list_models
 from .criteria import CRITERIA_NAMES
-from .data import make_loader, make_transform, open_data
+from .data import open_data
 from .export import export_onnx
 from .distributed import setup_distributed
 from .files import read_json
@@ -170,8 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"{record['model']} (pruned, {args.folder}): params {params:,}, MACs {macs:,}")
     if not args.no_accuracy:
         source = open_data(args.data)
-        loader = make_loader(source.split("test", make_transform(spec, False, source.image_size)), 256)
-        acc = evaluate(model, loader, device, progress=not args.quiet)
+        acc = evaluate(model, source.test_loader(spec), device, progress=not args.quiet)
         print(f"top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['images']} test images of {source.description}")
     if args.latency:
         original = create_model(spec.name, record.get("num_classes"))

@@ -73,6 +73,10 @@ class DataSource:
     def split(self, split: str, transform: Callable) -> Dataset:
         return self.build(split, transform)
 
+    def test_loader(self, spec: ModelSpec, batch_size: int = 256) -> DataLoader:
+        """The test split (``test/`` or ``val/``) with ``spec``'s evaluation transform, in order."""
+        return make_loader(self.split("test", make_transform(spec, False, self.image_size)), batch_size)
+
 
 # --- the bundled sample -------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .data import make_loader, make_transform, open_data
+from .data import open_data
 from .errors import ChipPruneError
 from .files import atomic_write_bytes, read_json, save_tensors, write_json
 from .latency import measure_latency
@@ -31,6 +31,7 @@ from .metrics import correct_flags, count_macs, count_params, recalibrate_batchn
 from .models.registry import ModelSpec
 from .pipeline import Calibration, _keep_counts, make_pruning_plan, prunable_groups, prune_model
 from .plan import plan_from_patterns
+from .report import pyplot
 from .scoring import GroupScores, score_groups
 
 __all__ = ["LevelResult", "wilson_interval", "paired_drop_interval", "recommend", "run_pilot", "sensitivity"]
@@ -83,11 +84,11 @@ def recommend(levels: list[LevelResult], max_drop: float) -> LevelResult | None:
     return min(safe, key=lambda lv: lv.macs) if safe else None
 
 
-def _test_loader(spec: ModelSpec, source, batch_size: int = 256):
-    test = source.split("test", make_transform(spec, False, source.image_size))
-    if len(test) == 0:
+def _test_loader(spec: ModelSpec, source):
+    loader = source.test_loader(spec)
+    if len(loader.dataset) == 0:
         raise ChipPruneError(f"{source.description} has no test images; the pilot needs held-out images to measure accuracy")
-    return make_loader(test, batch_size)
+    return loader
 
 
 def _load_scores(path: Path, groups) -> dict[str, GroupScores] | None:
@@ -195,11 +196,7 @@ def _short_finetune(model, spec, source, out, epochs, seed, device):
 
 
 def _plot(path: Path, base: dict[str, Any], results: list[LevelResult]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     points = sorted(
         [(r.macs / 1e6, r.top1, r.top1 - r.top1_low, r.top1_high - r.top1, r.latency_ms) for r in results]
@@ -318,11 +315,7 @@ def sensitivity(
 
 
 def _plot_sensitivity(path: Path, table: dict[str, dict[str, float]], ratios) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = list(table)
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(names)), 3.8))
     width = 0.8 / len(ratios)

@@ -367,8 +367,7 @@ def prune(
     report["macs_before"] = count_macs(model, spec.image_size)
     test_loader = None
     if test_source is not None:
-        test_set = test_source.split("test", make_transform(spec, False, test_source.image_size))
-        test_loader = make_loader(test_set, 256)
+        test_loader = test_source.test_loader(spec)
         t0 = time.perf_counter()
         before = evaluate(model, test_loader, device, progress=progress, desc="test (before)")
         timings["evaluate_before_s"] = time.perf_counter() - t0

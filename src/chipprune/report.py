@@ -7,7 +7,17 @@ from typing import Any
 
 from .files import atomic_write_bytes, write_json
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "pyplot"]
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (imported late: only reports need it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _pct(before: float, after: float) -> str:
@@ -15,11 +25,7 @@ def _pct(before: float, after: float) -> str:
 
 
 def _plot_training(path: Path, history: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(epochs, [h["train_top1"] for h in history], label="train top-1", marker="o")
@@ -41,11 +47,7 @@ def _plot_training(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def _plot_channels(path: Path, groups: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [g["group"] for g in groups]
     fig, ax = plt.subplots(figsize=(max(6, 0.22 * len(names)), 3.8))
     x = range(len(names))

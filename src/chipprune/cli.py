@@ -107,9 +107,8 @@ def cmd_score(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)  # the same random initialisation everywhere for --weights none
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     model.to(device)
-    _, groups, _ = prunable_groups(model, spec)
     t0 = time.perf_counter()
-    scores = score(model, spec, _calibration(args), groups=groups, criterion=args.criterion, device=device, progress=not args.quiet)
+    scores = score(model, spec, _calibration(args), criterion=args.criterion, device=device, progress=not args.quiet)
     seconds = time.perf_counter() - t0
     if not dist_info.is_main:
         return

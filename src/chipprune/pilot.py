@@ -29,7 +29,7 @@ from .files import atomic_write_bytes, read_json, save_tensors, write_json
 from .latency import measure_latency
 from .metrics import correct_flags, count_macs, count_params, recalibrate_batchnorm
 from .models.registry import ModelSpec
-from .pipeline import Calibration, _keep_counts, make_pruning_plan, prunable_groups, prune_model
+from .pipeline import Calibration, Plan, _keep_counts, make_pruning_plan, prunable_groups, prune_model
 from .plan import plan_from_patterns
 from .report import pyplot
 from .scoring import GroupScores, score_groups
@@ -293,9 +293,9 @@ def sensitivity(
         for ratio in ratios:
             candidate = copy.deepcopy(model)
             c_dg, c_groups, c_cls = prunable_groups(candidate, spec)
-            plan = make_pruning_plan(candidate, spec, c_groups, sparsity="0")
-            plan.ratios[g.name] = ratio
-            plan.keep[g.name] = _keep_counts([g], {g.name: ratio}, 1)[g.name]
+            # Only group g loses channels; no size estimate is needed, so the plan is written directly.
+            keep = {c.name: c.channels for c in c_groups} | _keep_counts([g], {g.name: ratio}, 1)
+            plan = Plan({g.name: ratio}, keep, f"{g.name} at {ratio:g}")
             prune_model(candidate, spec, plan, c_groups, c_dg, c_cls, None, scores=scores, progress=False)
             recalibrate_batchnorm(candidate, calibration.loader(spec, source), device)
             drop, _, _ = paired_drop_interval(base_flags, correct_flags(candidate, test_loader, device))

@@ -391,7 +391,9 @@ def prune(
     report["bn_recalibrated"] = False
     if recalibrate_bn and source is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         t0 = time.perf_counter()
-        report["bn_recalibration_images"] = recalibrate_batchnorm(model, calibration.loader(spec, source), device)
+        # The calibration images again (the same crops: augmentation is seeded per image).
+        bn_loader = loader if loader is not None else calibration.loader(spec, source)
+        report["bn_recalibration_images"] = recalibrate_batchnorm(model, bn_loader, device)
         report["bn_recalibrated"] = True
         timings["bn_recalibration_s"] = time.perf_counter() - t0
     if test_loader is not None:

@@ -41,7 +41,8 @@ class PadShortcutPruner(tp.pruner.BasePruningFunc):
         return layer
 
     def prune_in_channels(self, layer: PadShortcut, idxs: Sequence[int]) -> PadShortcut:
-        keep = [i for i in range(layer.in_channels) if i not in set(int(j) for j in idxs)]
+        removed = {int(j) for j in idxs}
+        keep = [i for i in range(layer.in_channels) if i not in removed]
         layer.dst_index = layer.dst_index[torch.as_tensor(keep, dtype=torch.long, device=layer.dst_index.device)]
         return layer
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -15,14 +16,14 @@ from .data import BUNDLED
 from .errors import ChipPruneError
 from .files import save_tensors, write_json
 from .models.registry import get_model_spec, list_models
-from .criteria import CRITERIA_NAMES
+from .criteria import CRITERIA_NAMES, needs_images, score_with
 from .data import open_data
 from .export import export_onnx
 from .distributed import setup_distributed
 from .files import read_json
 from .finetuning import finetune, train_from_scratch
 from .train import RECIPES, TrainConfig, recipe_with
-from .latency import measure_latency
+from .latency import measure_latency, measure_onnx_latency
 from .metrics import count_macs, count_params, evaluate
 from .models.registry import create_model
 from .pilot import pilot_markdown, run_pilot, sensitivity
@@ -30,6 +31,7 @@ from .pipeline import (
     Calibration,
     load_model,
     load_pruned,
+    make_latency_plan,
     make_pruning_plan,
     prunable_groups,
     prune,
@@ -137,8 +139,16 @@ def cmd_prune(args: argparse.Namespace) -> None:
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     model.to(device)
     if args.dry_run:
-        _, groups, _ = prunable_groups(model, spec, args.ignore)
-        plan = make_pruning_plan(model, spec, groups, sparsity=args.sparsity, target_macs=args.target_macs, round_to=args.round_to)
+        dg, groups, _ = prunable_groups(model, spec, args.ignore)
+        if args.target_latency is None:
+            plan = make_pruning_plan(model, spec, groups, sparsity=args.sparsity, target_macs=args.target_macs, round_to=args.round_to)
+        else:  # the search needs the scores; they are computed and dropped
+            calibration = _calibration(args)
+            loader = calibration.loader(spec) if needs_images(args.criterion) else None
+            scores = score_with(args.criterion, model, dg, groups, loader, device=device, seed=args.seed, progress=not args.quiet,
+                                total=len(loader) if loader is not None else None)
+            plan = make_latency_plan(model, spec, groups, scores, args.target_latency, batch_sizes=args.latency_batch,
+                                     table=args.latency_table, device=device, progress=not args.quiet)
         print(plan_summary(spec.name, groups, plan, count_params(model), count_macs(model, spec.image_size)))
         return
     result = prune(
@@ -154,6 +164,9 @@ def cmd_prune(args: argparse.Namespace) -> None:
         recalibrate_bn=not args.no_bn_recalibration,
         device=device,
         progress=not args.quiet,
+        target_latency=args.target_latency,
+        latency_batch_sizes=args.latency_batch,
+        latency_table=args.latency_table,
     )
     folder = Path(args.out) if args.out else Path("chipprune-out") / spec.name.replace(":", "_")
     save_pruned(result, folder)
@@ -175,15 +188,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
         original = create_model(spec.name, record.get("num_classes"))
         base_macs = count_macs(original, spec.image_size)
         print(f"\nlatency on {device} ({torch.get_num_threads()} threads), {spec.image_size}x{spec.image_size} images:")
-        print(f"{'batch':>6}{'original ms':>14}{'pruned ms':>12}{'speed-up':>10}{'MAC reduction':>15}")
-        for batch in args.batch_sizes:
-            before = measure_latency(original, spec.image_size, batch, device=device)
-            after = measure_latency(model, spec.image_size, batch, device=device)
-            print(
-                f"{batch:>6}{before.median_ms:>9.2f} ±{before.iqr_ms:<4.2f}{after.median_ms:>7.2f} ±{after.iqr_ms:<4.2f}"
-                f"{before.median_ms / after.median_ms:>9.2f}x{base_macs / macs:>14.2f}x"
-            )
-        print("(median over repeated runs after warm-up, ± interquartile range; the original has the same architecture, random weights)")
+        print(f"{'runtime':14}{'batch':>6}{'original ms':>16}{'pruned ms':>16}{'speed-up':>10}{'MAC reduction':>15}")
+        onnx_file = Path(args.folder) / "model.onnx"
+        with tempfile.TemporaryDirectory() as tmp:
+            runtimes = [("pytorch eager", lambda m, b: measure_latency(m, spec.image_size, b, device=device))]
+            if onnx_file.is_file():  # the deployment path of an exported model: ONNX Runtime, original exported alike
+                export_onnx(original, spec.image_size, Path(tmp) / "original.onnx")
+                files = {id(original): Path(tmp) / "original.onnx", id(model): onnx_file}
+                runtimes.append(("onnxruntime", lambda m, b: measure_onnx_latency(str(files[id(m)]), spec.image_size, b, device=device)))
+            for runtime, timer in runtimes:
+                for batch in args.batch_sizes:
+                    before, after = timer(original, batch), timer(model, batch)
+                    print(
+                        f"{runtime:14}{batch:>6}{before.median_ms:>10.2f} ±{before.iqr_ms:<5.2f}{after.median_ms:>10.2f} ±{after.iqr_ms:<5.2f}"
+                        f"{before.median_ms / after.median_ms:>9.2f}x{base_macs / macs:>14.2f}x"
+                    )
+        print("(median over repeated runs after warm-up, ± interquartile range; the original has the same architecture, random weights"
+              + ("" if onnx_file.is_file() else f"; run 'chipprune export {args.folder}' to time ONNX Runtime too") + ")")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -258,7 +279,7 @@ def cmd_pilot(args: argparse.Namespace) -> None:
         return
     summary = run_pilot(model, spec, args.data, out, levels=args.levels, calibration=calibration,
                         finetune_epochs=args.finetune_epochs, max_drop=args.max_drop, confidence=args.confidence,
-                        round_to=args.round_to, device=device, progress=not args.quiet)
+                        round_to=args.round_to, throughput_batch=args.throughput_batch, device=device, progress=not args.quiet)
     print()
     print(pilot_markdown(summary).split("![")[0].strip())
     rec = summary["recommended"]
@@ -274,6 +295,15 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--target-macs", type=float, default=None, help="MAC budget: a fraction (0.5) or an absolute count")
     p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of this (e.g. 8)")
+    p.add_argument(
+        "--target-latency", default=None, metavar="BUDGET",
+        help="latency budget on this device: a fraction of the original (0.5) or milliseconds (12ms); "
+        "widths are chosen from a per-layer latency table timed on this machine (cached)",
+    )
+    p.add_argument("--latency-batch", type=int, nargs="+", default=[1], metavar="N",
+                   help="batch size(s) the latency budget is for (default 1; several: their mean fraction)")
+    p.add_argument("--latency-table", default=None, metavar="FILE",
+                   help="latency table JSON to use and extend (default: this machine's, in ~/.cache/chipprune/latency)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER", help="layers whose output channels stay")
     p.add_argument("--dry-run", action="store_true", help="print the plan (channels, params, MACs) and stop")
     p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL)")
@@ -351,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-drop", type=float, default=1.0, help="accuracy drop (points) you accept (default 1)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (default 0.95)")
     p.add_argument("--round-to", type=int, default=1)
+    p.add_argument("--throughput-batch", type=int, default=64, help="batch size of the throughput latency (default 64)")
     p.add_argument("--sensitivity", action="store_true", help="instead: prune one group at a time and chart the drops")
     p.add_argument("--sensitivity-ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL-pilot); reruns resume")

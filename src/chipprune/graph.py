@@ -81,6 +81,9 @@ class ChannelGroup:
     # Grouped convolutions (ResNeXt, RegNet) split the channels into this many equal blocks that
     # must stay equal: the same positions are removed from every block.
     channel_groups: int = 1
+    # Every module whose shape the group changes: (module name, "in" or "out", how many of that
+    # module's channels belong to the group). Lets a plan's layer shapes be known without pruning.
+    couplings: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 def find_classifier(model: nn.Module, example: torch.Tensor) -> str:
@@ -134,12 +137,15 @@ def build_groups(
     groups = []
     for group in dg.get_all_groups(ignored_layers=[modules[n] for n in ignored], root_module_types=(nn.Conv2d, nn.Linear)):
         root = group[0].dep.target.module
-        members, sources = [], []
+        members, sources, couplings = [], [], []
         channel_groups = 1
         for item in group:
             module, handler = item.dep.target.module, item.dep.handler
             if not isinstance(module, nn.Module) or module not in names:
                 continue
+            side = "out" if dg.is_out_channel_pruning_fn(handler) else "in" if dg.is_in_channel_pruning_fn(handler) else None
+            if side is not None:
+                couplings.append((names[module], side, len(item.idxs)))
             pruner = dg.get_pruner_of_module(module)
             if pruner is not None and not (isinstance(module, nn.Conv2d) and module.groups == module.out_channels):
                 fn = pruner.get_out_channel_groups if dg.is_out_channel_pruning_fn(handler) else pruner.get_in_channel_groups
@@ -159,7 +165,8 @@ def build_groups(
         channels = dg.get_pruner_of_module(root).get_out_channels(root)
         members = sorted(set(members), key=order.index)
         # Name a group after its first member in module order, so names do not depend on tracing order.
-        groups.append(ChannelGroup(members[0], int(channels), members, sources, channel_groups))
+        couplings = sorted(set(couplings), key=lambda c: (order.index(c[0]), c[1]))
+        groups.append(ChannelGroup(members[0], int(channels), members, sources, channel_groups, couplings))
     groups.sort(key=lambda g: order.index(g.name))
     return dg, groups
 

@@ -9,14 +9,17 @@ from dataclasses import dataclass
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn as nn
+
+from .errors import ChipPruneError
 
 # torch.utils.benchmark imports cpp_extension, which logs a CUDA_HOME notice on CPU-only machines.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
-__all__ = ["Latency", "measure_latency"]
+__all__ = ["Latency", "measure_latency", "measure_onnx_latency"]
 
 
 @dataclass
@@ -26,6 +29,7 @@ class Latency:
     iqr_ms: float
     runs: int
     device: str
+    min_ms: float = float("nan")  # the fastest block: the machine's speed when nothing else disturbs it
 
 
 def measure_latency(
@@ -43,4 +47,31 @@ def measure_latency(
         run()
     timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=min_run_time)
-    return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run, str(device))
+    return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run, str(device), min(m.times) * 1e3)
+
+
+def measure_onnx_latency(
+    path: str, image_size: int, batch_size: int, *, device: torch.device | str = "cpu", min_run_time: float = 1.0
+) -> Latency:
+    """The same measurement for an ONNX file run by ONNX Runtime (CUDA provider on a CUDA device when
+    installed, else CPU with as many threads as torch uses)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ChipPruneError("ONNX Runtime latency needs the 'export' extra: pip install 'chipprune[export]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    providers = ["CPUExecutionProvider"]
+    if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    session = ort.InferenceSession(str(path), options, providers=providers)
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)}
+
+    def run() -> None:
+        session.run(None, feed)
+
+    for _ in range(3):
+        run()
+    m = benchmark.Timer(stmt="run()", globals={"run": run}).blocked_autorange(min_run_time=min_run_time)
+    return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run,
+                   f"onnxruntime {providers[0].removesuffix('ExecutionProvider')}", min(m.times) * 1e3)

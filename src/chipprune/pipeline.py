@@ -24,6 +24,9 @@ from torch.utils.data import Subset
 
 from . import __version__
 from .criteria import needs_images, score_with
+from .latency import measure_latency
+from .latency_plan import BlendedLatency, parse_latency_target, plan_for_latency
+from .latency_table import LatencyModel, LatencyTable
 from .data import DataSource, SeededAugmentation, make_loader, make_transform, open_data
 from .distributed import world
 from .errors import ChipPruneError
@@ -42,6 +45,7 @@ __all__ = [
     "load_model",
     "prunable_groups",
     "make_pruning_plan",
+    "make_latency_plan",
     "score",
     "prune_model",
     "prune",
@@ -140,6 +144,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     params: int = 0  # after pruning
     macs: int = 0
+    # Latency plans: per batch size, the original's measured and the plan's predicted milliseconds.
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def _size_after(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup], keep: dict[str, int]) -> tuple[int, int]:
@@ -248,6 +254,52 @@ def _plan_for_macs(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup]
     return best
 
 
+def make_latency_plan(
+    model: nn.Module,
+    spec: ModelSpec,
+    groups: list[ChannelGroup],
+    scores: dict[str, GroupScores],
+    target: str | float,
+    *,
+    batch_sizes: Iterable[int] = (1,),
+    table: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Plan:
+    """Channels per group for a latency budget: ``target`` is a fraction of the original latency
+    (0.5) or milliseconds ("12ms", one batch size only), on this device, at ``batch_sizes`` (with
+    several, the mean of the fractions). Layers are timed into ``table`` (default: this machine's
+    cache) as the search needs them; ``scores`` decide which groups give up channels."""
+    batch_sizes = list(dict.fromkeys(int(b) for b in batch_sizes))
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ChipPruneError(f"latency batch sizes must be positive integers, got {batch_sizes}")
+    kind, value = parse_latency_target(target)
+    if kind == "ms" and len(batch_sizes) > 1:
+        raise ChipPruneError("a latency target in milliseconds needs exactly one --latency-batch; give a fraction for several")
+    latency_table = LatencyTable(table, device)
+    models = [LatencyModel(model, spec, groups, latency_table, batch_size=b, progress=progress) for b in batch_sizes]
+    predictor = models[0] if len(models) == 1 else BlendedLatency(models)
+    goal = value if kind == "ms" else value * predictor.original
+    if kind == "ms" and goal >= predictor.original:
+        raise ChipPruneError(f"--target-latency {target}: the unpruned model already takes {predictor.original:.2f} ms at batch {batch_sizes[0]}")
+    try:
+        found = plan_for_latency(groups, scores, predictor, goal, progress=progress)
+    finally:
+        latency_table.save()
+    keep = {g.name: found.keep[g.name] for g in groups}
+    params, macs = _size_after(model, spec, groups, keep)
+    batches = ", ".join(map(str, batch_sizes))
+    what = f"{value:g} ms" if kind == "ms" else f"{value:.0%} of the original"
+    plan = Plan({g.name: 1 - keep[g.name] / g.channels for g in groups}, keep, f"target latency {what} at batch {batches}",
+                1, [], params, macs)
+    for b, m in zip(batch_sizes, models):
+        predicted = m.predict(keep)
+        plan.latency[str(b)] = {"original_ms": m.original, "predicted_ms": predicted}
+        plan.notes.append(f"batch {b}: predicted {predicted:.2f} ms, {m.original / predicted:.2f}x faster than the measured "
+                          f"{m.original:.2f} ms ({latency_table.measured} layer shapes newly timed; table {latency_table.path})")
+    return plan
+
+
 def score(
     model: nn.Module,
     spec: ModelSpec,
@@ -342,12 +394,16 @@ def prune(
     recalibrate_bn: bool = True,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    target_latency: str | float | None = None,
+    latency_batch_sizes: Iterable[int] = (1,),
+    latency_table: str | Path | None = None,
 ) -> PruneResult:
     """Plan, score and remove channels of ``model`` in place; evaluate before and after when test data exists.
 
     ``sparsity`` is a paper string, one ratio, or a plan file (default: the paper's setting for the
-    model); or ``target_macs`` a MAC budget. ``evaluate_on``: True evaluates on the calibration
-    data's test split, a path on that data, False not at all.
+    model); or ``target_macs`` a MAC budget; or ``target_latency`` a latency budget on this device
+    (see make_latency_plan), which also measures the latency before and after. ``evaluate_on``: True
+    evaluates on the calibration data's test split, a path on that data, False not at all.
     """
     calibration = calibration or Calibration()
     model = model.to(device).eval()
@@ -355,13 +411,17 @@ def prune(
 
     t0 = time.perf_counter()
     dg, groups, classifier = prunable_groups(model, spec, ignored)
-    plan = make_pruning_plan(model, spec, groups, sparsity=sparsity, target_macs=target_macs, round_to=round_to)
+    plan = None
+    if target_latency is None:
+        plan = make_pruning_plan(model, spec, groups, sparsity=sparsity, target_macs=target_macs, round_to=round_to)
+    elif sparsity is not None or target_macs is not None or round_to != 1:
+        raise ChipPruneError("--target-latency chooses the widths itself: give it without --sparsity, --target-macs or --round-to")
     timings["plan_s"] = time.perf_counter() - t0
 
     uses_images = needs_images(criterion)
     source = open_data(calibration.data) if uses_images or evaluate_on is True or recalibrate_bn else None
     test_source = None if evaluate_on is False else (source if evaluate_on is True else open_data(evaluate_on))
-    report: dict[str, Any] = {"model": spec.name, "criterion": criterion, "sparsity": plan.description}
+    report: dict[str, Any] = {"model": spec.name, "criterion": criterion, "sparsity": plan.description if plan else None}
     report["data"] = source.description if source is not None else None
     report["params_before"] = count_params(model)
     report["macs_before"] = count_macs(model, spec.image_size)
@@ -377,11 +437,23 @@ def prune(
     loader = None
     if uses_images:
         loader = calibration.loader(spec, source)
+    scores = None
+    latency_before: dict[str, float] = {}
+    if plan is None:
+        # A latency plan needs every group's scores first: they decide where channels are cheapest.
+        scores = score_with(criterion, model, dg, groups, loader, device=device, seed=calibration.seed, progress=progress,
+                            total=len(loader) if loader is not None else None)
+        plan = make_latency_plan(model, spec, groups, scores, target_latency, batch_sizes=latency_batch_sizes,
+                                 table=latency_table, device=device, progress=progress)
+        report["sparsity"] = plan.description
+        # The original's latency again, now: the speed-up reported is measured within this run.
+        latency_before = {b: measure_latency(model, spec.image_size, int(b), device=device).min_ms for b in plan.latency}
+        timings["latency_plan_s"] = time.perf_counter() - t0
     result = prune_model(
         model, spec, plan, groups, dg, classifier, loader, criterion=criterion, device=device, seed=calibration.seed,
-        progress=progress, total=len(loader) if loader is not None else None,
+        progress=progress, total=len(loader) if loader is not None else None, scores=scores,
     )
-    timings["score_and_prune_s"] = time.perf_counter() - t0
+    timings["score_and_prune_s"] = time.perf_counter() - t0 - timings.get("latency_plan_s", 0.0)
     report["params_after"] = count_params(model)
     report["macs_after"] = count_macs(model, spec.image_size)
 
@@ -399,6 +471,14 @@ def prune(
     if test_loader is not None:
         after = evaluate(model, test_loader, device, progress=progress, desc="test (after)")
         report.update(top1_after=after["top1"], top5_after=after["top5"])
+    if latency_before:
+        report["latency_ms"] = {
+            b: {"before": latency_before[b], "after": measure_latency(model, spec.image_size, int(b), device=device).min_ms,
+                # Predictions are at the latency table's reference speed: compare speed-ups, not milliseconds.
+                "predicted": plan.latency[b]["predicted_ms"],
+                "predicted_speedup": plan.latency[b]["original_ms"] / plan.latency[b]["predicted_ms"], "device": str(device)}
+            for b in plan.latency
+        }
     report["calibration_images"] = result.report["calibration_images"]
     report["timings"] = {k: round(v, 3) for k, v in timings.items()}
     result.report = report

@@ -38,6 +38,12 @@ def prune_summary(report: dict[str, Any], record: dict[str, Any], folder: str | 
         lines.append(f"  test set: {report['test_images']} images.")
     if report.get("calibration_images", 0) == 0 and report["criterion"] in ("l1", "random"):
         lines[1] = f"data: {report['data']}; criterion '{report['criterion']}' uses no calibration images"
+    for batch, lat in report.get("latency_ms", {}).items():
+        predicted = f" (predicted {lat['predicted_speedup']:.2f}x)" if "predicted_speedup" in lat else ""
+        lines.append(
+            f"{'ms, batch ' + batch:14}{lat['before']:>14.2f}{lat['after']:>14.2f}{_change(lat['before'], lat['after']):>10}"
+            f"  {lat['before'] / lat['after']:.2f}x faster on {lat['device']}{predicted}"
+        )
     for note in record.get("notes", []):
         lines.append(f"note: {note}")
     unstable = [g["group"] for g in record["groups"] if g.get("split_half_spearman", 1.0) < UNSTABLE_BELOW]
@@ -101,6 +107,9 @@ def plan_summary(model: str, groups: list, plan: Any, params_before: int, macs_b
         f"{'params':14}{params_before:>16,}{plan.params:>16,}{_change(params_before, plan.params):>10}",
         f"{'MACs':14}{macs_before:>16,}{plan.macs:>16,}{_change(macs_before, plan.macs):>10}",
     ]
+    for batch, lat in plan.latency.items():
+        lines.append(f"{'ms, batch ' + batch:14}{lat['original_ms']:>16.2f}{lat['predicted_ms']:>16.2f}"
+                     f"{_change(lat['original_ms'], lat['predicted_ms']):>10}  (predicted from the latency table)")
     lines += [f"note: {n}" for n in plan.notes]
-    lines.append("(dry run: no scores computed, no weights touched)")
+    lines.append("(dry run: no weights touched)" if plan.latency else "(dry run: no scores computed, no weights touched)")
     return "\n".join(lines)

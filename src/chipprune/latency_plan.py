@@ -1,0 +1,202 @@
+"""Plans that aim at a latency: how many channels each group keeps so that the predicted latency
+meets a budget while as little channel independence as possible is removed.
+
+The search is greedy. It starts from the full model and repeatedly takes the move, over all groups
+and a window of smaller widths per group, that saves the most predicted milliseconds per unit of
+accuracy cost; it stops as soon as the prediction meets the budget. CHIP still decides *which*
+channels go; the search decides *how many*. Widths come from a grid (every channel for groups of up
+to 16, every C/16-th above), and the latency table decides which of them are worth having: a width
+that is no faster than a larger one is never chosen, because moving to it saves nothing.
+
+Cost of a move (the accuracy proxy, see removal_mass): the share of a group's channel independence
+that the move removes, on a convex scale, counted once for every feature map the group's channels
+appear in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from .errors import ChipPruneError
+from .graph import ChannelGroup
+from .plan import select_top
+from .scoring import GroupScores
+
+__all__ = ["LatencyPredictor", "LatencyPlan", "parse_latency_target", "removal_mass", "candidate_widths", "plan_for_latency"]
+
+
+class LatencyPredictor(Protocol):
+    """What the search needs from a latency model: LatencyModel (milliseconds at one batch size),
+    BlendedLatency (fractions of the original, averaged over batch sizes), or a constructed table."""
+
+    @property
+    def original(self) -> float: ...
+
+    def layers_of(self, group: str) -> list[str]: ...
+
+    def layer_cost(self, layer: str, keep: Mapping[str, int]) -> float: ...
+
+    def predict(self, keep: Mapping[str, int]) -> float: ...
+
+
+class BlendedLatency:
+    """Several latency models (e.g. batch 1 and batch 64) as one: each prediction is the mean over
+    the models of (predicted / original latency), so the unpruned model scores 1.0."""
+
+    def __init__(self, models: list[LatencyPredictor]) -> None:
+        if not models:
+            raise ChipPruneError("no latency model to blend")
+        self.models = models
+
+    @property
+    def original(self) -> float:
+        return 1.0
+
+    def layers_of(self, group: str) -> list[str]:
+        return self.models[0].layers_of(group)
+
+    def layer_cost(self, layer: str, keep: Mapping[str, int]) -> float:
+        return sum(m.layer_cost(layer, keep) / m.original for m in self.models) / len(self.models)
+
+    def predict(self, keep: Mapping[str, int]) -> float:
+        return sum(m.predict(keep) / m.original for m in self.models) / len(self.models)
+
+
+@dataclass
+class LatencyPlan:
+    keep: dict[str, int]
+    predicted: float  # in the predictor's unit (ms, or a fraction of the original)
+    original: float
+    target: float
+    cost: float  # accuracy proxy removed, see removal_mass
+    steps: list[str] = field(default_factory=list)  # one line per move, for the curious
+
+
+def parse_latency_target(value: str | float) -> tuple[str, float]:
+    """``0.5`` -> ("fraction", 0.5); ``"12ms"`` or ``"12 ms"`` -> ("ms", 12.0)."""
+    text = str(value).strip().lower()
+    try:
+        if text.endswith("ms"):
+            number, kind = float(text[:-2]), "ms"
+        else:
+            number, kind = float(text), "fraction"
+    except ValueError:
+        raise ChipPruneError(f"--target-latency must be a fraction like 0.5 or milliseconds like 12ms, got '{value}'") from None
+    if not math.isfinite(number) or number <= 0 or (kind == "fraction" and number >= 1):
+        raise ChipPruneError(f"--target-latency {value}: give a fraction in (0, 1) of the original latency, or a positive time like 12ms")
+    return kind, number
+
+
+def removal_mass(group: ChannelGroup, scores: GroupScores) -> dict[int, float]:
+    """Accuracy cost of every possible width of ``group``: {channels kept: cost}.
+
+    With r the fraction of the group's CI removed (lowest-scoring channels first, as pruning
+    will), the cost is -log(1 - r) per feature map the channels appear in: about r while little
+    goes, and without bound as a layer loses everything, so no layer is emptied to save time.
+    """
+    weight = max(1, len(scores.maps))
+    values = scores.scores.double().clamp_min(0)
+    total = float(values.sum())
+    step = group.channel_groups if group.channels % group.channel_groups == 0 else 1
+    costs = {}
+    for keep in range(step, group.channels + 1, step):
+        _, removed = select_top(scores.scores, keep, group.channel_groups)
+        kept_share = 1.0 - float(values[removed].sum()) / total if total > 0 else 1.0 - len(removed) / group.channels
+        costs[keep] = -math.log(max(kept_share, 1e-12)) * weight
+    return costs
+
+
+def candidate_widths(group: ChannelGroup, max_ratio: float) -> list[int]:
+    """Widths the search may give ``group``, ascending, ending at the full width: multiples of the
+    block size for grouped convs, every channel up to 16 per block, then every block/16-th."""
+    blocks = group.channel_groups if group.channels % group.channel_groups == 0 else 1
+    per_block = group.channels // blocks
+    grain = max(1, per_block // 16)
+    smallest = max(1, math.ceil(per_block * (1.0 - max_ratio)))
+    units = sorted({u for u in range(per_block, 0, -grain) if u >= smallest} | {per_block})
+    return [u * blocks for u in units]
+
+
+def plan_for_latency(
+    groups: list[ChannelGroup],
+    scores: Mapping[str, GroupScores],
+    predictor: LatencyPredictor,
+    target: float,
+    *,
+    max_ratio: float = 0.7,
+    max_ratio_shared: float = 0.3,
+    window: int = 4,
+    progress: bool = False,
+) -> LatencyPlan:
+    """Channels per group so that ``predictor`` says at most ``target`` (its unit), at little accuracy cost.
+
+    ``max_ratio``: no group loses more than this fraction of its channels (0.7: the largest ratio the
+    paper uses); ``max_ratio_shared`` for groups read in several feature maps (residual streams,
+    concatenated features): their channels carry every block's output, and cutting them hard cost
+    most of the accuracy in our measurements (docs/LATENCY.md). ``window``: how many
+    smaller grid widths a single move may jump (lets the search cross widths that save nothing).
+    """
+    if not (0 < max_ratio < 1 and 0 < max_ratio_shared < 1):
+        raise ChipPruneError(f"max_ratio and max_ratio_shared must be in (0, 1), got {max_ratio}, {max_ratio_shared}")
+    prunable = [g for g in groups if g.name in scores]
+    keep = {g.name: g.channels for g in groups}
+    widths = {g.name: candidate_widths(g, max_ratio_shared if len(scores[g.name].maps) > 1 else max_ratio) for g in prunable}
+    mass = {g.name: removal_mass(g, scores[g.name]) for g in prunable}
+    predicted = predictor.predict(keep)
+    plan = LatencyPlan(dict(keep), predicted, predictor.original, target, 0.0)
+    # Progress is the way from the original latency down to the target; layers are timed on the way.
+    bar = tqdm(total=100, desc="latency plan", unit="%", disable=not progress, leave=False, bar_format="{l_bar}{bar}| {n:.0f}/100% [{elapsed}]")
+    while predicted > target:
+        best = _best_move(prunable, keep, widths, mass, predictor, window)
+        if best is None:  # nothing in the windows saves time: look at every smaller width
+            best = _best_move(prunable, keep, widths, mass, predictor, None)
+        if best is None:
+            raise ChipPruneError(
+                f"the latency target ({target / predictor.original:.1%} of the original) cannot be reached: with no group "
+                f"pruned by more than {max_ratio:.0%} (residual streams {max_ratio_shared:.0%}), the best predicted is "
+                f"{predicted / predictor.original:.1%} "
+                "(the rest is in layers that are not pruned, or in widths that are no faster)"
+            )
+        _, name, width, saved, cost = best
+        plan.steps.append(f"{name}: {keep[name]} -> {width} channels, saves {saved:.4g}, cost {cost:.4g}")
+        keep[name] = width
+        plan.cost += cost
+        predicted = predictor.predict(keep)
+        bar.update(min(100.0, 100 * (predictor.original - predicted) / max(1e-12, predictor.original - target)) - bar.n)
+    bar.close()
+    plan.keep, plan.predicted = keep, predicted
+    return plan
+
+
+def _best_move(groups, keep, widths, mass, predictor, window):
+    """(value, group, width, saved, cost) of the move that saves the most per unit of cost, or None."""
+    best = None
+    for g in groups:
+        now = keep[g.name]
+        options = [w for w in widths[g.name] if w < now]
+        if window is not None:
+            options = options[-window:]
+        if not options:
+            continue
+        before = _group_ms(predictor, g.name, keep)
+        for w in options:
+            saved = before - _group_ms(predictor, g.name, {**keep, g.name: w})
+            if saved <= 0:
+                continue
+            cost = mass[g.name][w] - mass[g.name][now]
+            value = saved / cost if cost > 0 else math.inf
+            if best is None or value > best[0] or (value == best[0] and saved > best[3]):
+                best = (value, g.name, w, saved, cost)
+    return best
+
+
+def _group_ms(predictor: LatencyPredictor, group: str, keep: Mapping[str, int]) -> float:
+    # Only the layers a group touches change when it moves. (The untimed rest, which shrinks with the
+    # layers' outputs, is left out of the comparison of moves and counted in the prediction.)
+    return sum(predictor.layer_cost(layer, keep) for layer in predictor.layers_of(group))
+

@@ -1,0 +1,302 @@
+"""Latency table (cache, shapes after pruning) and the latency-driven plan search on constructed costs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+import chipprune
+from chipprune.cli import main
+from chipprune.errors import ChipPruneError
+from chipprune.graph import ChannelGroup
+from chipprune.latency_plan import BlendedLatency, candidate_widths, parse_latency_target, plan_for_latency, removal_mass
+from chipprune.latency_table import _REFERENCE, LatencyModel, LatencyTable, LayerShape, _layer_shapes, default_table_path
+from chipprune.pipeline import Plan, prunable_groups, prune_model
+from chipprune.scoring import GroupScores
+
+CONV = LayerShape("conv2d", 16, 32, (8, 8), (3, 3, 1, 1, 1, 1, 1, 1, 1, 0))
+
+
+class CountingTimer:
+    """A stand-in for the stopwatch: a layer 'takes' its MACs in nanoseconds, times ``speed`` (how
+    slow the machine is at the moment); timings of layers other than the reference are counted."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.speed = 1.0
+
+    def __call__(self, shape: LayerShape, batch: int) -> float:
+        if shape != _REFERENCE:
+            self.calls += 1
+        return self.speed * 1e-6 * batch * shape.in_channels * shape.out_channels * math.prod(shape.spatial)
+
+
+# --- the table and its cache ------------------------------------------------------------------------
+
+
+def test_table_is_cached_per_machine_and_reused(tmp_path):
+    path = tmp_path / "t.json"
+    timer = CountingTimer()
+    table = LatencyTable(path, timer=timer)
+    first = table.get(CONV, 4)
+    assert table.get(CONV, 4) == first and timer.calls == 1  # measured once
+    table.get(CONV, 8)
+    table.save()
+    data = json.loads(path.read_text())
+    assert data["machine"] == table.machine and len([k for k in data["entries"] if "reference" not in k]) == 2
+
+    again = LatencyTable(path, timer=CountingTimer())
+    assert again.get(CONV, 4) == first and again._timer.calls == 0 and again.measured == 0
+
+
+def test_table_saves_as_it_grows(tmp_path):
+    path = tmp_path / "t.json"
+    table = LatencyTable(path, timer=CountingTimer())
+    for c in range(1, 52):
+        table.get(LayerShape("conv2d", c, 8, (4, 4), (1, 1, 1, 1, 0, 0, 1, 1, 1, 0)), 1)
+    # Not saved explicitly: an interrupted run still keeps the first 50 timings.
+    assert len([k for k in json.loads(path.read_text())["entries"] if "reference" not in k]) == 50
+
+
+def test_timings_are_expressed_at_the_tables_reference_speed(tmp_path):
+    timer = CountingTimer()
+    table = LatencyTable(tmp_path / "t.json", timer=timer)
+    calm = table.get(CONV, 1)
+    timer.speed = 3.0  # a neighbour slows the whole machine down: everything takes 3x as long
+    other = LayerShape("conv2d", 32, 32, (8, 8), (3, 3, 1, 1, 1, 1, 1, 1, 1, 0))
+    assert table.get(other, 1) == pytest.approx(2 * calm)  # its true ratio to CONV, not 6x
+    assert table.slowdown(1) == pytest.approx(3.0)
+
+
+def test_remeasure_keeps_the_fastest(tmp_path):
+    values = iter([5.0, 3.0, 4.0])
+    table = LatencyTable(tmp_path / "t.json", timer=lambda shape, batch: 1.0 if shape == _REFERENCE else next(values))
+    assert table.get(CONV, 1) == 5.0
+    assert table.get(CONV, 1, remeasure=True) == 3.0
+    assert table.get(CONV, 1, remeasure=True) == 3.0
+
+
+def test_another_machines_table_is_refused(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"format": "chipprune-latency-table/1", "machine": "cuda Imaginary GPU", "entries": {}}))
+    with pytest.raises(ChipPruneError, match="measured on 'cuda Imaginary GPU'"):
+        LatencyTable(path)
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"format": "something else"}), json.dumps([1, 2])])
+def test_corrupt_table_gives_a_clear_error(tmp_path, text):
+    path = tmp_path / "t.json"
+    path.write_text(text)
+    with pytest.raises(ChipPruneError, match="t.json"):
+        LatencyTable(path)
+
+
+def test_default_path_is_per_machine_under_the_cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHIPPRUNE_CACHE_DIR", str(tmp_path))
+    path = default_table_path("cpu")
+    assert path.parent == tmp_path / "latency" and path.suffix == ".json"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 97)  # another configuration, another table
+    assert default_table_path("cpu") != path
+
+
+def test_layer_shape_builds_what_it_describes():
+    layer, x = CONV.build(2, "cpu")
+    assert isinstance(layer, torch.nn.Conv2d) and layer.in_channels == 16 and layer.out_channels == 32
+    assert layer(x).shape == (2, 32, 8, 8) and CONV.output_elements() == 32 * 8 * 8
+
+
+# --- shapes of a plan, without pruning ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cifar_resnet20", "tests.custom_nets:tiny_net", "mobilenet_v2", "resnext50_32x4d"])
+def test_predicted_layer_shapes_match_the_pruned_model(name, tmp_path):
+    torch.manual_seed(0)
+    model, spec = chipprune.load_model(name, None, image_size=64 if "custom" not in name and "cifar" not in name else None)
+    dg, groups, classifier = prunable_groups(model, spec)
+    lm = LatencyModel(model, spec, groups, LatencyTable(tmp_path / "t.json", timer=CountingTimer()), progress=False,
+                      original_ms=1.0)
+    keep = {}
+    for i, g in enumerate(groups):
+        widths = candidate_widths(g, 0.7)
+        keep[g.name] = widths[i % len(widths)]
+    scores = {g.name: GroupScores(g.name, torch.rand(g.channels, dtype=torch.float64), ["m"], 1, 1.0) for g in groups}
+    plan = Plan({g.name: 1 - keep[g.name] / g.channels for g in groups}, keep, "test")
+    prune_model(model, spec, plan, groups, dg, classifier, None, scores=scores, progress=False)
+    actual = _layer_shapes(model, spec)
+    assert actual.keys() == lm._base.keys()
+    for layer, shape in actual.items():
+        assert lm.shape(layer, keep) == shape, layer
+
+
+# --- the plan search on a constructed cost table ------------------------------------------------------
+
+
+class TablePredictor:
+    """Each group is one layer whose cost is given per width; the model costs their sum."""
+
+    def __init__(self, costs: dict[str, dict[int, float]]) -> None:
+        self.costs = costs
+
+    @property
+    def original(self) -> float:
+        return sum(c[max(c)] for c in self.costs.values())
+
+    def layers_of(self, group: str) -> list[str]:
+        return [group]
+
+    def layer_cost(self, layer: str, keep) -> float:
+        return self.costs[layer][keep[layer]]
+
+    def predict(self, keep) -> float:
+        return sum(self.layer_cost(g, keep) for g in self.costs)
+
+
+def _group(name: str, channels: int) -> ChannelGroup:
+    return ChannelGroup(name, channels, [name])
+
+
+def _scores(name: str, values) -> GroupScores:
+    return GroupScores(name, torch.tensor(values, dtype=torch.float64), [name], 64, 1.0)
+
+
+def test_search_meets_the_target_and_skips_widths_that_are_no_faster():
+    # Group "a" runs in blocks of 4 channels: widths 5-8 cost what 8 does, 1-4 what 4 does.
+    a = {w: 10.0 if w > 4 else 4.0 for w in range(1, 9)}
+    b = {w: float(w) for w in range(1, 9)}  # proportional
+    groups = [_group("a", 8), _group("b", 8)]
+    scores = {"a": _scores("a", [1.0] * 8), "b": _scores("b", [1.0] * 8)}
+    predictor = TablePredictor({"a": a, "b": b})
+    plan = plan_for_latency(groups, scores, predictor, 12.0, max_ratio=0.5, window=8)
+    assert plan.predicted <= 12.0 and predictor.predict(plan.keep) == plan.predicted
+    # "a" is cut straight to 4 (widths 5-7 would remove channels for nothing); "b" loses what is left to lose.
+    assert plan.keep["a"] == 4
+    assert plan.keep["b"] == 8 - math.ceil(8 - (12.0 - 4.0))
+
+
+def test_search_takes_the_cheapest_channels_first():
+    # Both groups save the same time per channel; "dead" has channels that carry no independence.
+    cost = {w: float(w) for w in range(1, 9)}
+    groups = [_group("live", 8), _group("dead", 8)]
+    scores = {"live": _scores("live", [1.0] * 8), "dead": _scores("dead", [0, 0, 0, 0, 1, 1, 1, 1])}
+    plan = plan_for_latency(groups, scores, TablePredictor({"live": cost, "dead": dict(cost)}), 12.0)
+    assert plan.keep == {"live": 8, "dead": 4}
+
+
+def test_search_respects_max_ratio_and_refuses_unreachable_targets():
+    cost = {w: float(w) for w in range(1, 11)}
+    groups = [_group("g", 10)]
+    scores = {"g": _scores("g", list(range(10)))}
+    plan = plan_for_latency(groups, scores, TablePredictor({"g": cost}), 1.0 + 1e-9, max_ratio=0.99)
+    assert plan.keep["g"] == 1
+    plan = plan_for_latency(groups, scores, TablePredictor({"g": cost}), 7.0, max_ratio=0.7)
+    assert plan.keep["g"] == 7
+    with pytest.raises(ChipPruneError, match="cannot be reached"):
+        plan_for_latency(groups, scores, TablePredictor({"g": cost}), 2.0, max_ratio=0.7)
+    # A residual stream (channels read in several maps) keeps more: at most 30% goes by default.
+    shared = {"g": GroupScores("g", torch.arange(10, dtype=torch.float64), ["block1", "block2"], 64, 1.0)}
+    with pytest.raises(ChipPruneError, match="residual streams 30%"):
+        plan_for_latency(groups, shared, TablePredictor({"g": cost}), 6.5)
+    assert plan_for_latency(groups, shared, TablePredictor({"g": cost}), 7.0).keep["g"] == 7
+
+
+def test_blended_latency_is_the_mean_fraction():
+    one = TablePredictor({"g": {w: float(w) for w in range(1, 5)}})
+    two = TablePredictor({"g": {1: 1.0, 2: 1.0, 3: 4.0, 4: 4.0}})
+    blend = BlendedLatency([one, two])
+    assert blend.original == 1.0
+    assert blend.predict({"g": 2}) == pytest.approx((2 / 4 + 1 / 4) / 2)
+
+
+def test_removal_mass_is_convex_and_counts_every_map():
+    g = _group("g", 4)
+    s = GroupScores("g", torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64), ["m1", "m2"], 8, 1.0)
+    mass = removal_mass(g, s)
+    assert mass[4] == 0.0 and mass[2] == pytest.approx(-2 * math.log(0.5))
+    assert mass[1] - mass[2] > mass[2] - mass[3] > mass[3] - mass[4] > 0
+
+
+def test_candidate_widths_follow_blocks_and_grain():
+    assert candidate_widths(_group("g", 16), 0.5) == list(range(8, 17))
+    assert candidate_widths(_group("g", 64), 0.7) == list(range(20, 65, 4))
+    grouped = ChannelGroup("g", 64, ["g"], channel_groups=32)
+    assert candidate_widths(grouped, 0.5) == [32, 64]
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(0.5, ("fraction", 0.5)), ("0.25", ("fraction", 0.25)), ("12ms", ("ms", 12.0)), ("3.5 ms", ("ms", 3.5))],
+)
+def test_parse_latency_target(value, expected):
+    assert parse_latency_target(value) == expected
+
+
+@pytest.mark.parametrize("value", ["1.5", "0", "-2ms", "fast", "nan"])
+def test_parse_latency_target_rejects(value):
+    with pytest.raises(ChipPruneError, match="target-latency"):
+        parse_latency_target(value)
+
+
+# --- end to end from the CLI ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_prune_to_a_latency_budget_from_the_cli(tmp_path, capsys):
+    """cifar_resnet20 (random weights) to 80% of its batch-1 latency: predicted and measured are reported."""
+    _latency_budget_from_the_cli(tmp_path, capsys, ["--model", "cifar_resnet20"], "0.8", "cifar_resnet20")
+
+
+def test_prune_a_small_network_to_a_latency_budget_from_the_cli(tmp_path, capsys):
+    _latency_budget_from_the_cli(tmp_path, capsys, ["--model", "tests.custom_nets:tiny_net", "--image-size", "32"], "0.9",
+                                 "tests.custom_nets:tiny_net")
+
+
+def _latency_budget_from_the_cli(tmp_path, capsys, model_args, budget, name):
+    table, out = tmp_path / "table.json", tmp_path / "pruned"
+    args = ["prune", *model_args, "--weights", "none", "--calib-images", "32", "--batch-size", "16",
+            "--target-latency", budget, "--latency-table", str(table), "--no-eval", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    lat = report["latency_ms"]["1"]
+    entries = json.loads(table.read_text())["entries"]
+    original = next(v for k, v in entries.items() if k.startswith(f"model {name}") and k.endswith("b=1"))
+    assert lat["predicted"] <= float(budget) * original  # the plan meets the budget on the table's own terms
+    assert lat["before"] > 0 and lat["after"] > 0 and "predicted" in printed and f"target latency {float(budget):.0%}" in printed
+    assert report["macs_after"] < report["macs_before"]
+    assert chipprune.load_pruned(out)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    # The dry run prints the plan with its predicted latency, and writes no model.
+    assert main(args[:-3] + ["--out", str(tmp_path / "dry"), "--dry-run", "--quiet"]) == 0
+    assert "predicted from the latency table" in capsys.readouterr().out and not (tmp_path / "dry").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--target-latency", "1.5"], "fraction in (0, 1)"),
+        (["--target-latency", "soon"], "fraction like 0.5 or milliseconds"),
+        (["--target-latency", "5ms", "--latency-batch", "1", "64"], "exactly one --latency-batch"),
+        (["--target-latency", "0.5", "--sparsity", "0.3"], "without --sparsity"),
+        (["--target-latency", "0.5", "--latency-batch", "0"], "positive integers"),
+    ],
+)
+def test_latency_budget_bad_input(extra, message, tmp_path, capsys):
+    args = ["prune", "--model", "cifar_resnet20", "--weights", "none", "--calib-images", "16", "--no-eval",
+            "--latency-table", str(tmp_path / "t.json"), "--out", str(tmp_path / "o"), "--quiet"]
+    assert main(args + extra) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_eval_times_onnx_runtime_when_the_export_exists(tmp_path, capsys):
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.5", "--calib-images", "16",
+                 "--no-eval", "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", str(out), "--no-accuracy", "--latency", "--batch-sizes", "1", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "pytorch eager" in printed and "onnxruntime" not in printed.split("(median")[0]
+    assert main(["export", str(out)]) == 0
+    assert main(["eval", str(out), "--no-accuracy", "--latency", "--batch-sizes", "1", "--quiet"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("pytorch eager", "onnxruntime"))]
+    assert [r.split()[0] for r in rows] == ["pytorch", "onnxruntime"]

@@ -5,12 +5,13 @@ The search is greedy. It starts from the full model and repeatedly takes the mov
 and a window of smaller widths per group, that saves the most predicted milliseconds per unit of
 accuracy cost; it stops as soon as the prediction meets the budget. CHIP still decides *which*
 channels go; the search decides *how many*. Widths come from a grid (every channel for groups of up
-to 16, every C/16-th above), and the latency table decides which of them are worth having: a width
-that is no faster than a larger one is never chosen, because moving to it saves nothing.
+to 16, every C/16-th above), and the latency table decides which of them are worth having: a move
+must save time, so a width that is no faster than the current one is jumped over (the search looks
+several grid steps down), never taken.
 
 Cost of a move (the accuracy proxy, see removal_mass): the share of a group's channel independence
 that the move removes, on a convex scale, counted once for every feature map the group's channels
-appear in.
+appear in. Groups read in several maps (residual streams) lose at most 30% of their channels.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .graph import ChannelGroup
 from .plan import select_top
 from .scoring import GroupScores
 
-__all__ = ["LatencyPredictor", "LatencyPlan", "parse_latency_target", "removal_mass", "candidate_widths", "plan_for_latency"]
+__all__ = ["LatencyPredictor", "BlendedLatency", "LatencyPlan", "parse_latency_target", "removal_mass", "candidate_widths", "plan_for_latency"]
 
 
 class LatencyPredictor(Protocol):

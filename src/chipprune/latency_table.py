@@ -227,7 +227,6 @@ class LatencyModel:
     ) -> None:
         """``original_ms``: the unpruned model's latency if already known (None: measured now)."""
         self.spec, self.table, self.batch_size, self.progress = spec, table, batch_size, progress
-        self.groups = {g.name: g for g in groups}
         self._base: dict[str, LayerShape] = {}
         self._couplings: dict[str, list[_Coupling]] = {}
         self._layers_of_group: dict[str, list[str]] = {g.name: [] for g in groups}
@@ -256,8 +255,7 @@ class LatencyModel:
         self._outputs = sum(s.output_elements() for s in self._base.values())
 
     def _progress(self, items):
-        items = list(items)
-        return tqdm(items, desc=f"timing layers (batch {self.batch_size})", disable=not self.progress, leave=False, unit="layer")
+        return tqdm(list(items), desc=f"timing layers (batch {self.batch_size})", disable=not self.progress, leave=False, unit="layer")
 
     def _measure_original(self, model: nn.Module) -> float:
         # Timed on every use (a second), and kept in the table at its fastest, keyed by architecture and input.

@@ -92,15 +92,16 @@ def run_model(name, weights, data, batch_sizes, rounds, table, calib_images, pap
     plans["MACs 50%, round-to 8"] = make_pruning_plan(model, spec, groups, target_macs=0.5, round_to=8).keep
     b1 = lm[table_batches[0]]
     plans[f"latency 75% at batch {table_batches[0]}"] = _latency_plan(groups, scores, b1, 0.75 * b1.original)
-    plans[f"latency 65% at batch {table_batches[0]}, streams to 70%"] = _latency_plan(
-        groups, scores, b1, 0.65 * b1.original, max_ratio_shared=0.7)
+    for frac in (0.65, 0.5):
+        plans[f"latency {frac:.0%} at batch {table_batches[0]}, streams to 70%"] = _latency_plan(
+            groups, scores, b1, frac * b1.original, max_shared_ratio=0.7)
     if len(lm) > 1:
         plans[f"latency 75% at batch {'+'.join(map(str, table_batches))}"] = _latency_plan(
             groups, scores, BlendedLatency(list(lm.values())), 0.75)
     same = b1.predict(macs_plan)
     plans[f"latency = MAC plan's ({same / b1.original:.0%}) at batch {table_batches[0]}"] = _latency_plan(groups, scores, b1, same)
     plans[f"latency = MAC plan's at batch {table_batches[0]}, streams to 70%"] = _latency_plan(
-        groups, scores, b1, same, max_ratio_shared=0.7)
+        groups, scores, b1, same, max_shared_ratio=0.7)
     plans = {label: keep for label, keep in plans.items() if keep is not None}
     table.save()
     print(f"latency tables and plans: {time.perf_counter() - t0:.0f} s, {table.measured - measured_before} layer shapes timed", flush=True)
@@ -137,6 +138,8 @@ def run_model(name, weights, data, batch_sizes, rounds, table, calib_images, pap
             ratios = [o / p for o, p in zip(times[b]["original"], times[b][label])]
             row[f"b{b}_original_ms"] = statistics.median(times[b]["original"])
             row[f"b{b}_measured_ms"] = statistics.median(times[b][label])
+            if b in lm:
+                lm[b].refresh(keep)  # as make_latency_plan does before it reports a prediction
             row[f"b{b}_predicted_speedup"] = lm[b].original / lm[b].predict(keep) if b in lm else None
             row[f"b{b}_speedup"] = statistics.median(ratios)
         rows.append(row)

@@ -64,7 +64,9 @@ def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, mon
     assert [lv["target"] for lv in summary["levels"]] == [0.8, 0.65, 0.5] and macs == sorted(macs, reverse=True)
     assert all(abs(lv["macs"] / summary["baseline"]["macs"] - lv["target"]) < 0.01 for lv in summary["levels"])
     assert {"pilot.json", "pilot.md", "pilot.png", "scores.safetensors"} <= {p.name for p in tmp_path.iterdir()}
-    assert "## Recommendation" in (tmp_path / "pilot.md").read_text()
+    page = (tmp_path / "pilot.md").read_text()
+    assert "## Recommendation" in page and "latency b=1" in page and "latency b=64" in page
+    assert all(lv["throughput_ms"] > lv["latency_ms"] > 0 for lv in summary["levels"])  # 64 images take longer than 1
 
     (tmp_path / "levels" / "macs-0.650.json").unlink()  # as if interrupted before this level finished
     again = pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5, 0.8, 0.65], calibration=calib, progress=False)

@@ -148,7 +148,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
             scores = score_with(args.criterion, model, dg, groups, loader, device=device, seed=args.seed, progress=not args.quiet,
                                 total=len(loader) if loader is not None else None)
             plan = make_latency_plan(model, spec, groups, scores, args.target_latency, batch_sizes=args.latency_batch,
-                                     table=args.latency_table, device=device, progress=not args.quiet)
+                                     table=args.latency_table, max_shared_ratio=args.max_shared_ratio, device=device,
+                                     progress=not args.quiet)
         print(plan_summary(spec.name, groups, plan, count_params(model), count_macs(model, spec.image_size)))
         return
     result = prune(
@@ -167,6 +168,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         target_latency=args.target_latency,
         latency_batch_sizes=args.latency_batch,
         latency_table=args.latency_table,
+        max_shared_ratio=args.max_shared_ratio,
     )
     folder = Path(args.out) if args.out else Path("chipprune-out") / spec.name.replace(":", "_")
     save_pruned(result, folder)
@@ -304,6 +306,8 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="batch size(s) the latency budget is for (default 1; several: their mean fraction)")
     p.add_argument("--latency-table", default=None, metavar="FILE",
                    help="latency table JSON to use and extend (default: this machine's, in ~/.cache/chipprune/latency)")
+    p.add_argument("--max-shared-ratio", type=float, default=0.3, metavar="R",
+                   help="with --target-latency: the largest fraction of a residual stream's channels to remove (default 0.3)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER", help="layers whose output channels stay")
     p.add_argument("--dry-run", action="store_true", help="print the plan (channels, params, MACs) and stop")
     p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL)")

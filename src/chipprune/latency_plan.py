@@ -130,23 +130,23 @@ def plan_for_latency(
     target: float,
     *,
     max_ratio: float = 0.7,
-    max_ratio_shared: float = 0.3,
+    max_shared_ratio: float = 0.3,
     window: int = 4,
     progress: bool = False,
 ) -> LatencyPlan:
     """Channels per group so that ``predictor`` says at most ``target`` (its unit), at little accuracy cost.
 
     ``max_ratio``: no group loses more than this fraction of its channels (0.7: the largest ratio the
-    paper uses); ``max_ratio_shared`` for groups read in several feature maps (residual streams,
+    paper uses); ``max_shared_ratio`` for groups read in several feature maps (residual streams,
     concatenated features): their channels carry every block's output, and cutting them hard cost
     most of the accuracy in our measurements (docs/LATENCY.md). ``window``: how many
     smaller grid widths a single move may jump (lets the search cross widths that save nothing).
     """
-    if not (0 < max_ratio < 1 and 0 < max_ratio_shared < 1):
-        raise ChipPruneError(f"max_ratio and max_ratio_shared must be in (0, 1), got {max_ratio}, {max_ratio_shared}")
+    if not (0 < max_ratio < 1 and 0 < max_shared_ratio < 1):
+        raise ChipPruneError(f"max_ratio and max_shared_ratio must be in (0, 1), got {max_ratio}, {max_shared_ratio}")
     prunable = [g for g in groups if g.name in scores]
     keep = {g.name: g.channels for g in groups}
-    widths = {g.name: candidate_widths(g, max_ratio_shared if len(scores[g.name].maps) > 1 else max_ratio) for g in prunable}
+    widths = {g.name: candidate_widths(g, max_shared_ratio if len(scores[g.name].maps) > 1 else max_ratio) for g in prunable}
     mass = {g.name: removal_mass(g, scores[g.name]) for g in prunable}
     predicted = predictor.predict(keep)
     plan = LatencyPlan(dict(keep), predicted, predictor.original, target, 0.0)
@@ -159,9 +159,9 @@ def plan_for_latency(
         if best is None:
             raise ChipPruneError(
                 f"the latency target ({target / predictor.original:.1%} of the original) cannot be reached: with no group "
-                f"pruned by more than {max_ratio:.0%} (residual streams {max_ratio_shared:.0%}), the best predicted is "
-                f"{predicted / predictor.original:.1%} "
-                "(the rest is in layers that are not pruned, or in widths that are no faster)"
+                f"pruned by more than {max_ratio:.0%} (residual streams {max_shared_ratio:.0%}), the best predicted is "
+                f"{predicted / predictor.original:.1%} (the rest is in layers that are not pruned, or in widths that are "
+                "no faster); a larger --max-shared-ratio lets residual streams go further, at a cost in accuracy"
             )
         _, name, width, saved, cost = best
         plan.steps.append(f"{name}: {keep[name]} -> {width} channels, saves {saved:.4g}, cost {cost:.4g}")

@@ -295,6 +295,13 @@ class LatencyModel:
         """Milliseconds of one layer at the shape ``keep`` gives it."""
         return self.table.get(self.shape(layer, keep), self.batch_size)
 
+    def refresh(self, keep: Mapping[str, int]) -> None:
+        """Time every layer of the plan ``keep`` once more, keeping the faster value of each: the
+        search may have used timings taken while the machine was disturbed."""
+        for name in self._progress(self._base):
+            self.table.get(self.shape(name, keep), self.batch_size, remeasure=True)
+        self.table.save()
+
     def predict(self, keep: Mapping[str, int]) -> float:
         """Predicted latency (ms) of the model pruned to ``keep``."""
         timed = sum(self.layer_cost(name, keep) for name in self._base)

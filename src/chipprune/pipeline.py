@@ -263,13 +263,15 @@ def make_latency_plan(
     *,
     batch_sizes: Iterable[int] = (1,),
     table: str | Path | None = None,
+    max_shared_ratio: float = 0.3,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Plan:
     """Channels per group for a latency budget: ``target`` is a fraction of the original latency
     (0.5) or milliseconds ("12ms", one batch size only), on this device, at ``batch_sizes`` (with
     several, the mean of the fractions). Layers are timed into ``table`` (default: this machine's
-    cache) as the search needs them; ``scores`` decide which groups give up channels."""
+    cache) as the search needs them; ``scores`` decide which groups give up channels; residual
+    streams lose at most ``max_shared_ratio`` of their channels."""
     batch_sizes = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batch_sizes or min(batch_sizes) < 1:
         raise ChipPruneError(f"latency batch sizes must be positive integers, got {batch_sizes}")
@@ -283,7 +285,7 @@ def make_latency_plan(
     if kind == "ms" and goal >= predictor.original:
         raise ChipPruneError(f"--target-latency {target}: the unpruned model already takes {predictor.original:.2f} ms at batch {batch_sizes[0]}")
     try:
-        found = plan_for_latency(groups, scores, predictor, goal, progress=progress)
+        found = plan_for_latency(groups, scores, predictor, goal, max_shared_ratio=max_shared_ratio, progress=progress)
     finally:
         latency_table.save()
     keep = {g.name: found.keep[g.name] for g in groups}
@@ -293,6 +295,7 @@ def make_latency_plan(
     plan = Plan({g.name: 1 - keep[g.name] / g.channels for g in groups}, keep, f"target latency {what} at batch {batches}",
                 1, [], params, macs)
     for b, m in zip(batch_sizes, models):
+        m.refresh(keep)
         predicted = m.predict(keep)
         plan.latency[str(b)] = {"original_ms": m.original, "predicted_ms": predicted}
         plan.notes.append(f"batch {b}: predicted {predicted:.2f} ms, {m.original / predicted:.2f}x faster than the measured "
@@ -397,6 +400,7 @@ def prune(
     target_latency: str | float | None = None,
     latency_batch_sizes: Iterable[int] = (1,),
     latency_table: str | Path | None = None,
+    max_shared_ratio: float = 0.3,
 ) -> PruneResult:
     """Plan, score and remove channels of ``model`` in place; evaluate before and after when test data exists.
 
@@ -444,7 +448,7 @@ def prune(
         scores = score_with(criterion, model, dg, groups, loader, device=device, seed=calibration.seed, progress=progress,
                             total=len(loader) if loader is not None else None)
         plan = make_latency_plan(model, spec, groups, scores, target_latency, batch_sizes=latency_batch_sizes,
-                                 table=latency_table, device=device, progress=progress)
+                                 table=latency_table, max_shared_ratio=max_shared_ratio, device=device, progress=progress)
         report["sparsity"] = plan.description
         # The original's latency again, now: the speed-up reported is measured within this run.
         latency_before = {b: measure_latency(model, spec.image_size, int(b), device=device).min_ms for b in plan.latency}

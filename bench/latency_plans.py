@@ -90,11 +90,15 @@ def run_model(name, weights, data, batch_sizes, rounds, table, calib_images, pap
     macs_plan = make_pruning_plan(model, spec, groups, target_macs=0.5).keep
     plans["MACs 50% (one ratio)"] = macs_plan
     plans["MACs 50%, round-to 8"] = make_pruning_plan(model, spec, groups, target_macs=0.5, round_to=8).keep
+    if paper:  # the MAC budget of the fastest latency plan below, for a comparison at (about) equal speed
+        plans["MACs 44% (one ratio)"] = make_pruning_plan(model, spec, groups, target_macs=0.44).keep
     b1 = lm[table_batches[0]]
     plans[f"latency 75% at batch {table_batches[0]}"] = _latency_plan(groups, scores, b1, 0.75 * b1.original)
     for frac in (0.65, 0.5):
         plans[f"latency {frac:.0%} at batch {table_batches[0]}, streams to 70%"] = _latency_plan(
             groups, scores, b1, frac * b1.original, max_shared_ratio=0.7)
+    plans[f"latency 68% at batch {table_batches[0]}, streams to 50%"] = _latency_plan(
+        groups, scores, b1, 0.68 * b1.original, max_shared_ratio=0.5)
     if len(lm) > 1:
         plans[f"latency 75% at batch {'+'.join(map(str, table_batches))}"] = _latency_plan(
             groups, scores, BlendedLatency(list(lm.values())), 0.75)

@@ -19,7 +19,7 @@ from .models.registry import get_model_spec, list_models
 from .criteria import CRITERIA_NAMES, needs_images, score_with
 from .data import open_data
 from .export import export_onnx
-from .distributed import setup_distributed
+from .distributed import setup_distributed, teardown_distributed
 from .files import read_json
 from .finetuning import finetune, train_from_scratch
 from .train import RECIPES, TrainConfig, recipe_with
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = saved_showwarning
+        teardown_distributed()
     return 0
 
 

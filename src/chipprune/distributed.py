@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "setup_distributed", "world", "all_reduce_sum", "barrier"]
+__all__ = ["Dist", "setup_distributed", "teardown_distributed", "world", "all_reduce_sum", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ def setup_distributed(device: torch.device) -> Dist:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     return Dist(rank, world, device)
+
+
+def teardown_distributed() -> None:
+    """Leave the process group, if one was joined. Without this, gloo's threads can outlive the
+    interpreter and abort the process at exit ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def world() -> tuple[int, int]:

@@ -298,8 +298,8 @@ def make_latency_plan(
         m.refresh(keep)
         predicted = m.predict(keep)
         plan.latency[str(b)] = {"original_ms": m.original, "predicted_ms": predicted}
-        plan.notes.append(f"batch {b}: predicted {predicted:.2f} ms, {m.original / predicted:.2f}x faster than the measured "
-                          f"{m.original:.2f} ms ({latency_table.measured} layer shapes newly timed; table {latency_table.path})")
+        plan.notes.append(f"batch {b}: predicted {m.original / predicted:.2f}x faster ({predicted:.2f} of {m.original:.2f} ms at the "
+                          f"latency table's reference speed; {latency_table.measured} layer timings taken, table {latency_table.path})")
     return plan
 
 

@@ -122,7 +122,7 @@ def run_model(name, weights, data, batch_sizes, rounds, table, calib_images, pap
             accuracy[label] = evaluate(m, test)["top1"]
 
     # Timing runs in a fresh process, as `chipprune eval --latency` would: in this one, after minutes
-    # of table timing and large frees, small batches ran up to 2.5x slower on our VM.
+    # of table timing and large frees, small batches ran several times slower on our VM (ad-hoc checks).
     with tempfile.TemporaryDirectory() as tmp:
         folders = {}
         for i, (label, m) in enumerate(models.items()):

@@ -193,14 +193,15 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"{'runtime':14}{'batch':>6}{'original ms':>16}{'pruned ms':>16}{'speed-up':>10}{'MAC reduction':>15}")
         onnx_file = Path(args.folder) / "model.onnx"
         with tempfile.TemporaryDirectory() as tmp:
-            runtimes = [("pytorch eager", lambda m, b: measure_latency(m, spec.image_size, b, device=device))]
+            # Per runtime, what is timed for the original and for the pruned model.
+            runtimes = [("pytorch eager", measure_latency, original, model)]
             if onnx_file.is_file():  # the deployment path of an exported model: ONNX Runtime, original exported alike
                 export_onnx(original, spec.image_size, Path(tmp) / "original.onnx")
-                files = {id(original): Path(tmp) / "original.onnx", id(model): onnx_file}
-                runtimes.append(("onnxruntime", lambda m, b: measure_onnx_latency(str(files[id(m)]), spec.image_size, b, device=device)))
-            for runtime, timer in runtimes:
+                runtimes.append(("onnxruntime", measure_onnx_latency, str(Path(tmp) / "original.onnx"), str(onnx_file)))
+            for runtime, measure, original_form, pruned_form in runtimes:
                 for batch in args.batch_sizes:
-                    before, after = timer(original, batch), timer(model, batch)
+                    before = measure(original_form, spec.image_size, batch, device=device)
+                    after = measure(pruned_form, spec.image_size, batch, device=device)
                     print(
                         f"{runtime:14}{batch:>6}{before.median_ms:>10.2f} ±{before.iqr_ms:<5.2f}{after.median_ms:>10.2f} ±{after.iqr_ms:<5.2f}"
                         f"{before.median_ms / after.median_ms:>9.2f}x{base_macs / macs:>14.2f}x"

@@ -5,6 +5,7 @@ Uses ``torch.utils.benchmark.Timer`` (warm-up and repeat blocks handled by PyTor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import logging
@@ -19,7 +20,7 @@ from .errors import ChipPruneError
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
-__all__ = ["Latency", "measure_latency", "measure_onnx_latency"]
+__all__ = ["Latency", "time_call", "measure_latency", "measure_onnx_latency"]
 
 
 @dataclass
@@ -30,6 +31,16 @@ class Latency:
     runs: int
     device: str
     min_ms: float = float("nan")  # the fastest block: the machine's speed when nothing else disturbs it
+
+
+def time_call(run: Callable[[], object], batch_size: int, device: str, *, min_run_time: float, warmup: int = 3) -> Latency:
+    """Time ``run`` (one forward pass of ``batch_size`` inputs): ``warmup`` calls (allocator, kernel
+    choice, caches), then torch.utils.benchmark's blocked repeats with torch's thread count."""
+    for _ in range(warmup):
+        run()
+    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run, device, min(m.times) * 1e3)
 
 
 def measure_latency(
@@ -43,11 +54,7 @@ def measure_latency(
         with torch.inference_mode():
             model(x)
 
-    for _ in range(3):  # warm-up: allocator, kernel selection, caches
-        run()
-    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run, str(device), min(m.times) * 1e3)
+    return time_call(run, batch_size, str(device), min_run_time=min_run_time)
 
 
 def measure_onnx_latency(
@@ -66,12 +73,5 @@ def measure_onnx_latency(
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(path), options, providers=providers)
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)}
-
-    def run() -> None:
-        session.run(None, feed)
-
-    for _ in range(3):
-        run()
-    m = benchmark.Timer(stmt="run()", globals={"run": run}).blocked_autorange(min_run_time=min_run_time)
-    return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run,
-                   f"onnxruntime {providers[0].removesuffix('ExecutionProvider')}", min(m.times) * 1e3)
+    label = f"onnxruntime {providers[0].removesuffix('ExecutionProvider')}"
+    return time_call(lambda: session.run(None, feed), batch_size, label, min_run_time=min_run_time)

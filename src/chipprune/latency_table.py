@@ -16,6 +16,7 @@ machine (CPU model, threads, torch version; or GPU name), and are written atomic
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import platform
 import re
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from .errors import ChipPruneError
 from .files import read_json, write_json
 from .graph import ChannelGroup
-from .latency import benchmark, measure_latency
+from .latency import measure_latency, time_call
 from .models.registry import ModelSpec
 
 __all__ = ["LayerShape", "LatencyTable", "LatencyModel", "machine_fingerprint", "default_table_path"]
@@ -96,17 +97,13 @@ def time_layer(shape: LayerShape, batch_size: int, device: torch.device | str, m
     """
     layer, x = shape.build(batch_size, device)
     copies = max(1, min(16, (64 * 2**20) // max(1, x.numel() * x.element_size())))
-    inputs = [x] + [torch.randn_like(x) for _ in range(copies - 1)]
-    turn = iter(range(2**62))
+    inputs = itertools.cycle([x] + [torch.randn_like(x) for _ in range(copies - 1)])
 
     def run() -> None:
         with torch.inference_mode():
-            layer(inputs[next(turn) % copies])
+            layer(next(inputs))
 
-    for _ in range(2):  # warm-up: allocator and kernel choice
-        run()
-    timer = benchmark.Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
-    return min(timer.blocked_autorange(min_run_time=min_run_time).times) * 1e3
+    return time_call(run, batch_size, str(device), min_run_time=min_run_time, warmup=2).min_ms
 
 
 def machine_fingerprint(device: torch.device | str = "cpu") -> str:
@@ -250,8 +247,7 @@ class LatencyModel:
             self._original_ms = self._measure_original(model)
             full = {name: self.table.get(shape, batch_size, remeasure=True) for name, shape in self._progress(self._base.items())}
         self.table.save()
-        self._timed_ms = sum(full.values())
-        self._rest_ms = max(0.0, self._original_ms - self._timed_ms)
+        self._rest_ms = max(0.0, self._original_ms - sum(full.values()))
         self._outputs = sum(s.output_elements() for s in self._base.values())
 
     def _progress(self, items):
@@ -304,14 +300,10 @@ class LatencyModel:
 
     def predict(self, keep: Mapping[str, int]) -> float:
         """Predicted latency (ms) of the model pruned to ``keep``."""
-        timed = sum(self.layer_cost(name, keep) for name in self._base)
-        outputs = sum(self.shape(name, keep).output_elements() for name in self._base)
+        shapes = [self.shape(name, keep) for name in self._base]
+        timed = sum(self.table.get(s, self.batch_size) for s in shapes)
+        outputs = sum(s.output_elements() for s in shapes)
         return timed + self._rest_ms * outputs / max(1, self._outputs)
-
-    def rest_ms(self, keep: Mapping[str, int]) -> float:
-        """The untimed part of a prediction (activations, additions, pooling)."""
-        outputs = sum(self.shape(name, keep).output_elements() for name in self._base)
-        return self._rest_ms * outputs / max(1, self._outputs)
 
 
 def _layer_shapes(model: nn.Module, spec: ModelSpec) -> dict[str, LayerShape]:

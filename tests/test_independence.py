@@ -79,3 +79,55 @@ def test_nan_and_inf_are_refused():
     maps[0, 1, 0, 0] = float("nan")
     with pytest.raises(ChipPruneError, match="NaN or Inf"):
         channel_independence(maps)
+
+
+def test_single_channel_scores_its_whole_norm():
+    # With one channel, removing it removes the whole matrix: CI = ||A||_* = the row norm.
+    torch.manual_seed(7)
+    maps = torch.randn(3, 1, 4, 5, dtype=torch.float64)
+    expected = maps.reshape(3, -1).norm(dim=1).mean()
+    assert torch.allclose(channel_independence(maps), expected[None], rtol=1e-9)
+
+
+def test_float32_maps_with_a_large_dynamic_range():
+    # Channels spanning 1e-4 .. 1e4 in float32: scores are computed in float64 from the float32 values.
+    torch.manual_seed(8)
+    scale = torch.logspace(-4, 4, 24)[None, :, None, None]
+    maps = (torch.relu(torch.randn(3, 24, 6, 6)) * scale).float()
+    got, ref = channel_independence(maps), direct_channel_independence(maps)
+    assert (got - ref).abs().max() <= 1e-8 * ref.abs().max()
+    assert torch.equal(torch.argsort(got, stable=True), torch.argsort(ref, stable=True))
+
+
+def test_row_almost_inside_the_range_of_the_others():
+    # C > HW and one row is a combination of others plus a tiny part outside their span: its
+    # integrand bends far below the spectrum, which the quadrature must still follow.
+    torch.manual_seed(9)
+    maps = torch.randn(2, 12, 2, 4, dtype=torch.float64)
+    maps[:, 0] = maps[:, 1] + maps[:, 2] + 1e-5 * torch.randn(2, 2, 4, dtype=torch.float64)
+    got, ref = channel_independence(maps), direct_channel_independence(maps)
+    assert (got - ref).abs().max() <= 1e-8 * ref.abs().max()
+
+
+def test_rank_deficient_square_maps_take_the_svd_path():
+    # Duplicated channels make the C x C Gram matrix singular; exact zeros must not upset the grid.
+    torch.manual_seed(10)
+    maps = torch.relu(torch.randn(3, 16, 4, 4, dtype=torch.float64))
+    maps[:, 8:] = maps[:, :8] * 2.0
+    got, ref = channel_independence(maps), direct_channel_independence(maps)
+    assert (got - ref).abs().max() <= 1e-8 * ref.abs().max()
+
+
+def test_threads_split_images_without_changing_results():
+    torch.manual_seed(11)
+    maps = torch.relu(torch.randn(9, 10, 5, 5))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = channel_independence(maps)
+        torch.set_num_threads(2)
+        two = channel_independence(maps)
+        assert torch.get_num_threads() == 2  # the thread setting is restored
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.allclose(one, two, rtol=1e-12)

@@ -110,3 +110,35 @@ def test_group_score_is_the_mean_of_nuclear_normalised_ci_over_its_maps():
     assert torch.allclose(got.scores, expected, rtol=1e-9)
     assert sorted(got.maps) == ["a:input", "b:input"]
     assert got.scores[2] < got.scores[[0, 1, 3, 5]].min()
+
+
+class _InPlaceAfterUse(nn.Module):
+    """conv2 consumes a map that is then changed in place (as some user code does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x))
+        out = self.conv2(h)
+        h.mul_(0.0)  # scores must come from the map conv2 saw, not from this
+        return out
+
+
+def test_maps_changed_in_place_after_use_are_scored_as_seen(monkeypatch):
+    from chipprune.graph import ChannelGroup, FeatureSource
+    import chipprune.scoring as scoring
+
+    idx = torch.arange(6)
+    group = ChannelGroup("h", 6, ["conv1"], [FeatureSource("conv2", "input", idx, idx)])
+    model = _InPlaceAfterUse().eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        expected = channel_independence(torch.relu(model.conv1(x)))
+    for pending_bytes in (0, 2**30):  # scored at once, or held until the batch ends
+        monkeypatch.setattr(scoring, "PENDING_BYTES", pending_bytes)
+        got = score_groups(model, [group], [(x, None)], progress=False)["h"].scores
+        nuclear = channel_independence_per_image(torch.relu(model.conv1(x)).detach())[1].mean()
+        assert torch.allclose(got, expected / nuclear, rtol=1e-9)

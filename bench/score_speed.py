@@ -1,6 +1,7 @@
 """How fast and how exact is CHIP scoring? Forward passes vs the whole score step vs the official loop.
 
-    python bench/score_speed.py [--shared ../shared] [--official-images 2] [--repeats 3] [--out FILE]
+    python bench/score_speed.py [--shared ../shared] [--official-images 2] [--repeats 3]
+                                [--resnet50-images 64] [--out FILE]
 
 ResNet-56 (bundled weights) and 640 calibration images (5 x 128, ../shared CIFAR-10 when present,
 else the bundled sample), all 30 groups / 55 feature maps, as `chipprune score` does.
@@ -12,8 +13,12 @@ else the bundled sample), all 30 groups / 55 feature maps, as `chipprune score` 
      and channel, clone the batch, zero the row, nuclear norm of the float32 map rounded to 4
      decimals), timed on --official-images images of every map and extrapolated to 640 images.
      The official code also writes every map to disk first; that time is not counted.
+   Also per map shape: the official loop and chipprune's CI alone on the same maps, and their ratio.
 2. Exactness against a literal float64 evaluation of the definition (one SVD per image and
    channel): random maps of several shapes, and 4 real images of every one of the 55 maps.
+3. Peak memory (maximum resident set size of a fresh process): the forward passes alone and the
+   whole score step, for ResNet-56 (640 images, batch 128) and for ResNet-50 at 224 x 224 (random
+   weights, --resnet50-images at batch 32, and twice as many: streaming keeps the peak flat).
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -65,11 +73,39 @@ def _errors(got: torch.Tensor, ref: torch.Tensor) -> tuple[float, bool]:
     return rel, same
 
 
+def _peak_memory_child(model_name: str, data: str, images: int, batch: int, mode: str) -> None:
+    """Run in a fresh process: forward passes or the score step; print peak RSS (MiB) and seconds."""
+    weights = "bundled" if model_name.startswith("cifar_") else "none"
+    model, spec = chipprune.load_model(model_name, weights)
+    _, groups, _ = prunable_groups(model, spec)
+    calib = Calibration(data=data, images=images, batch_size=batch)
+    t0 = time.perf_counter()
+    if mode == "forward":
+        with torch.inference_mode():
+            for x, _ in calib.loader(spec):
+                model(x)
+    else:
+        score(model, spec, calib, groups=groups, progress=False)
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "seconds": seconds}))
+
+
+def _peak_memory(model_name: str, data: str, images: int, batch: int, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", model_name, str(data), str(images), str(batch), mode]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        name, data, images, batch, mode = sys.argv[2:7]
+        _peak_memory_child(name, data, int(images), int(batch), mode)
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
     parser.add_argument("--official-images", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--resnet50-images", type=int, default=64, help="0 skips the ResNet-50 memory runs")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     data = args.shared / "data" / "cifar10"
@@ -111,18 +147,19 @@ def main() -> None:
         h.remove()
     spatial = {k: v for k, v in maps.items() if v.dim() == 4}
 
-    # Official loop: time per image on every map, extrapolated to 640 images.
-    official_per_image = 0.0
-    ours_per_image = 0.0
+    # Official loop and ours on every map, per image, extrapolated to 640 images; by map shape.
+    by_shape: dict[tuple[int, ...], dict[str, float]] = {}
     for name, m in spatial.items():
+        row = by_shape.setdefault(tuple(m.shape[1:]), {"maps": 0, "official": 0.0, "ours": 0.0, "error": 0.0})
         t0 = time.perf_counter()
         official_ci(m.numpy(), args.official_images)
-        official_per_image += (time.perf_counter() - t0) / args.official_images
+        row["official"] += (time.perf_counter() - t0) / args.official_images * 640
         t0 = time.perf_counter()
         channel_independence(m)
-        ours_per_image += (time.perf_counter() - t0) / m.shape[0]
-    official_640 = official_per_image * 640
-    ours_ci_640 = ours_per_image * 640
+        row["ours"] += (time.perf_counter() - t0) / m.shape[0] * 640
+        row["maps"] += 1
+    official_640 = sum(r["official"] for r in by_shape.values())
+    ours_ci_640 = sum(r["ours"] for r in by_shape.values())
 
     # Exactness.
     worst_random, worst_real, rankings_ok = 0.0, 0.0, True
@@ -134,6 +171,16 @@ def main() -> None:
     for name, m in spatial.items():
         rel, same = _errors(channel_independence(m[:4]), channel_independence_reference(m[:4]))
         worst_real, rankings_ok = max(worst_real, rel), rankings_ok and same
+        by_shape[tuple(m.shape[1:])]["error"] = max(by_shape[tuple(m.shape[1:])]["error"], rel)
+
+    # Peak memory, each in a fresh process.
+    memory_runs = [("cifar_resnet56", 640, 128)]
+    if args.resnet50_images:
+        memory_runs += [("resnet50", args.resnet50_images, 32), ("resnet50", 2 * args.resnet50_images, 32)]
+    memory = []
+    for name, images, batch in memory_runs:
+        fwd_run, score_run = (_peak_memory(name, str(data), images, batch, mode) for mode in ("forward", "score"))
+        memory.append({"model": name, "images": images, "batch": batch, "forward": fwd_run, "score": score_run})
 
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     rows = [
@@ -146,10 +193,23 @@ def main() -> None:
     print(f"\n{'step':56}{'seconds':>10}{'x forward':>11}")
     for label, sec, ratio in rows:
         print(f"{label:56}{sec:>10.2f}{ratio:>11.2f}")
+    print(f"\n{'map shape (C, H, W)':22}{'maps':>6}{'official s':>12}{'ours s':>9}{'ratio':>8}{'max rel error':>15}")
+    for shape, r in sorted(by_shape.items()):
+        print(
+            f"{str(shape):22}{r['maps']:>6}{r['official']:>12.1f}{r['ours']:>9.2f}"
+            f"{r['official'] / r['ours']:>7.0f}x{r['error']:>15.1e}"
+        )
+    print(f"{'all':22}{sum(r['maps'] for r in by_shape.values()):>6}{official_640:>12.1f}{ours_ci_640:>9.2f}{official_640 / ours_ci_640:>7.0f}x")
     print(f"\nofficial loop / chipprune score step: {official_640 / sco:.0f}x")
     print(f"official loop / chipprune CI only:     {official_640 / ours_ci_640:.0f}x")
     print(f"max relative error vs float64 definition: random maps {worst_random:.1e}, real maps (55 x 4 images) {worst_real:.1e}")
     print(f"rankings identical except exact ties: {rankings_ok}")
+    print(f"\n{'peak memory (fresh process)':34}{'images':>8}{'batch':>7}{'forward MiB':>13}{'score MiB':>11}{'score s':>9}")
+    for m in memory:
+        print(
+            f"{m['model']:34}{m['images']:>8}{m['batch']:>7}{m['forward']['peak_mib']:>13.0f}"
+            f"{m['score']['peak_mib']:>11.0f}{m['score']['seconds']:>9.1f}"
+        )
     print(f"machine: {machine}")
     if args.out:
         args.out.write_text(
@@ -163,6 +223,8 @@ def main() -> None:
                     "official_extrapolated_s": official_640,
                     "official_over_score": official_640 / sco,
                     "ci_only_s": ours_ci_640,
+                    "by_shape": {str(k): v for k, v in sorted(by_shape.items())},
+                    "peak_memory": memory,
                     "max_rel_error_random": worst_random,
                     "max_rel_error_real": worst_real,
                     "rankings_identical": rankings_ok,

@@ -201,7 +201,7 @@ def _map_on_cpu_threads(fn: Callable[[torch.Tensor], T], items: list[torch.Tenso
     """``[fn(x) for x in items]`` on ``workers`` threads with one math-library thread each.
 
     LAPACK's eigensolver gains little from threads at these sizes, while independent images split
-    over threads scale almost linearly (measured 2.1x on 2 cores). The process-wide thread setting
+    over threads scale almost linearly (measured 1.9x on 2 cores). The process-wide thread setting
     is restored afterwards, so the forward passes around scoring keep all cores.
     """
     def one_thread(x: torch.Tensor) -> T:

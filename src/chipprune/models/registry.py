@@ -126,9 +126,12 @@ def _lookup(name: str) -> ModelSpec:
     if name in _torchvision_names():
         # Image size: torchvision's classifiers are trained at 224 except Inception-v3 (299).
         size = 299 if name == "inception_v3" else 224
+        # GoogLeNet and Inception-v3 warn that their default initialisation will change; ask for
+        # today's explicitly, so results do not shift under a torchvision upgrade.
+        extra = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
         return ModelSpec(
             name=name,
-            factory=partial(torchvision.models.get_model, name, weights=None),
+            factory=partial(torchvision.models.get_model, name, weights=None, **extra),
             family="torchvision",
             image_size=size,
             num_classes=1000,

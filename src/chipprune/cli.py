@@ -16,7 +16,7 @@ from .data import BUNDLED
 from .errors import ChipPruneError
 from .files import save_tensors, write_json
 from .models.registry import get_model_spec, list_models
-from .criteria import CRITERIA_NAMES, needs_images, score_with
+from .criteria import CRITERIA_NAMES
 from .data import open_data
 from .export import export_onnx
 from .distributed import setup_distributed, teardown_distributed
@@ -139,14 +139,12 @@ def cmd_prune(args: argparse.Namespace) -> None:
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     model.to(device)
     if args.dry_run:
-        dg, groups, _ = prunable_groups(model, spec, args.ignore)
+        _, groups, _ = prunable_groups(model, spec, args.ignore)
         if args.target_latency is None:
             plan = make_pruning_plan(model, spec, groups, sparsity=args.sparsity, target_macs=args.target_macs, round_to=args.round_to)
         else:  # the search needs the scores; they are computed and dropped
-            calibration = _calibration(args)
-            loader = calibration.loader(spec) if needs_images(args.criterion) else None
-            scores = score_with(args.criterion, model, dg, groups, loader, device=device, seed=args.seed, progress=not args.quiet,
-                                total=len(loader) if loader is not None else None)
+            scores = score(model, spec, _calibration(args), groups=groups, criterion=args.criterion, device=device,
+                           progress=not args.quiet)
             plan = make_latency_plan(model, spec, groups, scores, args.target_latency, batch_sizes=args.latency_batch,
                                      table=args.latency_table, max_shared_ratio=args.max_shared_ratio, device=device,
                                      progress=not args.quiet)

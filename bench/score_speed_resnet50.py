@@ -32,21 +32,7 @@ import torch
 import chipprune
 from chipprune.independence import channel_independence, channel_independence_reference
 from chipprune.pipeline import Calibration, prunable_groups, score
-
-
-def official_ci_on(batch: torch.Tensor, images: int, channels: int) -> torch.Tensor:
-    """The official loop (see bench/score_speed.py) on the batch's own device, for the first
-    ``channels`` channels of the first ``images`` images (every channel costs the same: a clone of
-    the batch and one nuclear norm)."""
-    conv_reshape = torch.round(batch.float(), decimals=4).reshape(batch.shape[0], batch.shape[1], -1)
-    r1_norm = torch.zeros(images, channels)
-    for i in range(images):
-        for j in range(channels):
-            reduced = conv_reshape.clone()
-            reduced[i, j, :] = 0
-            r1_norm[i, j] = torch.linalg.matrix_norm(reduced[i], ord="nuc").item()
-    original = torch.stack([torch.linalg.matrix_norm(conv_reshape[i], ord="nuc") for i in range(images)]).cpu()
-    return original[:, None] - r1_norm
+from score_speed import official_ci  # bench/ is on the path when this script runs
 
 
 def _sync(device: torch.device) -> None:
@@ -123,7 +109,7 @@ def main() -> None:
         _sync(device)
         t0 = time.perf_counter()
         channels = min(args.official_channels, m.shape[1])
-        official_ci_on(m, args.official_images, channels)
+        official_ci(m, args.official_images, channels)
         _sync(device)
         row["official"] += (time.perf_counter() - t0) / (args.official_images * channels) * m.shape[1] * args.images
         t0 = time.perf_counter()

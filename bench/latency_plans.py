@@ -28,8 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 import chipprune
 from chipprune.data import open_data
 from chipprune.errors import ChipPruneError

@@ -92,11 +92,15 @@ def test_user_model_with_concat_depthwise_and_residual_from_the_cli(tmp_path, ca
     assert widths == {"stem.0": 8, "branch_a.0": 6, "branch_b.3": 6}
     stream = next(g for g in record["groups"] if g["group"] == "stem.0")
     assert stream["members"] == ["stem.0", "branch_b.0", "fuse.0"]
-    model = load_pruned(out)
+    # Loading imports and runs the user's function, so the user has to name it: the folder alone may not.
+    with pytest.raises(ChipPruneError, match="confirm with --model custom_nets:tiny_net"):
+        load_pruned(out)
+    assert main(["export", str(out)]) == 2 and "confirm with --model" in capsys.readouterr().err
+    model = load_pruned(out, model="custom_nets:tiny_net")
     assert model.branch_b[0].groups == model.branch_b[0].out_channels == 8
     assert model.fuse[0].in_channels == 12 and model.head[2].in_features == 8
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
-    assert main(["export", str(out)]) == 0
+    assert main(["export", str(out), "--model", "custom_nets:tiny_net"]) == 0
     assert (out / "model.onnx").is_file() and "ONNX Runtime matches" in capsys.readouterr().out
 
 

@@ -64,6 +64,9 @@ CASES = [
     (["prune", "--weights", "{tmp}/r20.pt"], "do not fit this model (missing layer1.3.conv1.weight"),
     (["prune", "--weights", "{tmp}/evil.pth"], "never runs"),
     (["prune", "--model", "cifar_resnet20"], "no weights ship with 'cifar_resnet20'"),
+    (["prune", "--image-size", "0"], "image size must be a positive number of pixels"),
+    (["prune", "--num-classes", "-1"], "number of classes must be at least 1"),
+    (["pilot", "--confidence", "1.5", "--out", "{tmp}/pilot"], "confidence must lie in (0, 1)"),
     # data
     (["prune", "--data", "{tmp}/nowhere"], "data path not found"),
     (["prune", "--data", "{tmp}/empty"], "neither a CIFAR-10 root"),
@@ -109,6 +112,28 @@ def test_pruned_folder_whose_weights_disagree_with_its_description(tmp_path):
     (tmp_path / "pruning.json").write_text(json.dumps(record))
     with pytest.raises(ChipPruneError, match=r"pruning.json and model.safetensors disagree.*layer1.0.conv1.weight: file \(8, 8, 3, 3\) vs model \(9"):
         load_pruned(tmp_path)
+
+
+def test_damaged_or_foreign_pruning_records_are_refused_before_anything_runs(tmp_path, capsys):
+    from chipprune import load_model, load_pruned, prune, save_pruned
+    from chipprune.pipeline import Calibration
+
+    model, spec = load_model("cifar_resnet20", "none")
+    save_pruned(prune(model, spec, sparsity="0.5", criterion="l1", evaluate_on=False, recalibrate_bn=False, progress=False,
+                      calibration=Calibration(images=8, batch_size=8)), tmp_path)
+    good = json.loads((tmp_path / "pruning.json").read_text())
+    damaged = [{**good, "groups": None}, {**good, "groups": [{"group": "conv1"}]}, {**good, "model": 3},
+               {**good, "groups": [{"group": "conv1", "removed": ["a"]}]}]
+    for record in damaged:
+        (tmp_path / "pruning.json").write_text(json.dumps(record))
+        assert main(["eval", str(tmp_path), "--no-accuracy"]) == 2
+        assert "is damaged" in capsys.readouterr().err
+    # A record naming code (package.module:function) is not imported unless the user names it too.
+    (tmp_path / "pruning.json").write_text(json.dumps({**good, "model": "os:getcwd"}))
+    with pytest.raises(ChipPruneError, match="confirm with --model os:getcwd"):
+        load_pruned(tmp_path)
+    with pytest.raises(ChipPruneError, match="holds a pruned 'os:getcwd', not 'cifar_resnet20'"):
+        load_pruned(tmp_path, model="cifar_resnet20")
 
 
 def test_fewer_calibration_images_warn_and_use_what_exists(tmp_path, capsys):
@@ -236,3 +261,13 @@ def test_a_killed_prune_leaves_no_half_written_folder(tmp_path):
     # Either nothing was written, or (had it finished) the folder is complete: report.json is written last.
     files = {p.name for p in out.iterdir()} if out.exists() else set()
     assert files in (set(), {"model.safetensors", "pruning.json", "report.json"})
+
+
+def test_fewer_calibration_images_than_processes_is_refused(monkeypatch):
+    # Under torchrun a process without images would skip the collective sums the others wait in.
+    import chipprune.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "world", lambda: (1, 2))
+    spec = get_model_spec("cifar_resnet20")
+    with pytest.raises(ChipPruneError, match="1 calibration images cannot be shared among 2 processes"):
+        pipeline.Calibration(images=1, batch_size=1).loader(spec)

@@ -30,6 +30,25 @@ def test_default_job_end_to_end(tmp_path, capsys):
     assert f"top-1 {report['top1_after']:.2f}%" in capsys.readouterr().out
 
 
+def _strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_criteria_without_a_split_half_correlation_write_strict_json(tmp_path, capsys):
+    out = tmp_path / "l1"
+    args = ["prune", "--model", "cifar_resnet20", "--weights", "none", "--criterion", "l1", "--sparsity", "0.3",
+            "--no-eval", "--out", str(out), "--quiet", "-v"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "split-half rho" in table and "nan" not in table  # shown as '-': not computed
+    record = _strict_json(out / "pruning.json")
+    assert all(g["split_half_spearman"] is None for g in record["groups"])
+    _strict_json(out / "report.json")
+
+
 def test_score_writes_scores(tmp_path, capsys):
     out = tmp_path / "s.safetensors"
     args = ["score", "--model", "cifar_resnet20", "--weights", "none", "--calib-images", "32", "--batch-size", "16"]

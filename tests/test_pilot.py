@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import chipprune.pilot as pilot
-from chipprune import Calibration, load_model
+from chipprune import Calibration, ChipPruneError, load_model
 from chipprune.cli import main
 from chipprune.pilot import LevelResult, paired_drop_interval, recommend, wilson_interval
 
@@ -72,6 +72,15 @@ def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, mon
     again = pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5, 0.8, 0.65], calibration=calib, progress=False)
     assert calls == {"score": 1, "prune": 4}  # scores reloaded, only the missing level redone
     assert again["levels"][0] == summary["levels"][0]
+
+    # Results of other settings are never mixed in: other weights or another rounding are refused.
+    with pytest.raises(ChipPruneError, match=r"other settings \(round_to 1 -> 8\)"):
+        pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5], calibration=calib, round_to=8, progress=False)
+    with torch.no_grad():
+        model.conv1.weight.mul_(1.01)
+    with pytest.raises(ChipPruneError, match="other settings \\(the model's weights\\)"):
+        pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5], calibration=calib, progress=False)
+    assert calls == {"score": 1, "prune": 4}
 
 
 def test_sensitivity_suggests_a_plan_prune_accepts(tmp_path):

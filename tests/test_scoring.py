@@ -74,6 +74,21 @@ def test_nan_feature_map_names_the_layer_and_hooks_are_removed():
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 
+def test_scoring_leaves_the_model_as_it_found_it():
+    from chipprune.graph import ChannelGroup, FeatureSource
+
+    model = create_model("cifar_resnet20").train()
+    _, groups, _ = prunable_groups(model, get_model_spec("cifar_resnet20"))
+    assert model.training  # tracing restores the mode too
+    score_groups(model, groups, _batches(1, 2), progress=False)
+    assert model.training
+    # A group naming a layer the model lacks is refused before any hook is placed.
+    ghost = ChannelGroup("ghost", 16, ["nowhere"], [FeatureSource("nowhere", "output", torch.arange(16), torch.arange(16))])
+    with pytest.raises(ChipPruneError, match="no module named 'nowhere'"):
+        score_groups(model, [*groups, ghost], _batches(1, 2), progress=False)
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
 def test_group_without_visible_map_is_refused():
     from chipprune.graph import ChannelGroup
 

@@ -37,13 +37,13 @@ def test_recipe_schedule_matches_its_definition():
     assert RECIPES["chip-imagenet"].label_smoothing == 0.1
 
 
-def _image_folder(root: Path, n_train: int, size: int = 16) -> Path:
+def _image_folder(root: Path, n_train: int, size: int = 16, n_test: int = 8) -> Path:
     rng = np.random.default_rng(0)
-    for split, n in (("train", n_train), ("test", 8)):
+    for split, n in (("train", n_train), ("test", n_test)):
         for c, cls in enumerate(("a", "b")):
             d = root / split / cls
             d.mkdir(parents=True)
-            for i in range(n // 2):
+            for i in range((n + 1 - c) // 2):
                 img = rng.integers(0, 128, (size, size, 3), dtype=np.uint8) + 100 * c
                 Image.fromarray(img.astype(np.uint8)).save(d / f"{i}.png")
     return root
@@ -93,17 +93,35 @@ def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(t
 
 
 def test_two_processes_under_torchrun_match_one_process(tmp_path):
-    data = _image_folder(tmp_path / "data", n_train=64)
-    args = ["--epochs", "2", "--train-batch-size", "16"]
+    # An odd number of test images: no image may be counted twice to even out the two shares. With a
+    # validation split the best epoch's weights are reloaded at the end, which must not hang.
+    data = _image_folder(tmp_path / "data", n_train=64, n_test=9)
+    args = ["--epochs", "2", "--train-batch-size", "16", "--val-fraction", "0.25"]
     single, double = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, *_train_cmd(data, single, *args)], check=True, env=_env(), cwd=tmp_path)
+    subprocess.run([sys.executable, *_train_cmd(data, single, *args)], check=True, env=_env(), cwd=tmp_path, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    subprocess.run([*torchrun, *_train_cmd(data, double, *args)], check=True, env=_env(), cwd=tmp_path)
+    subprocess.run([*torchrun, *_train_cmd(data, double, *args)], check=True, env=_env(), cwd=tmp_path, timeout=600)
     a, b = load_file(str(single / "model.safetensors")), load_file(str(double / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (single, double))
     assert rb["finetune"]["processes"] == 2 and ra["finetune"]["processes"] == 1
+    assert ra["test_images"] == rb["test_images"] == 9
+    assert ra["finetune"]["selected_epoch"] == rb["finetune"]["selected_epoch"]
     assert ra["top1_after"] == pytest.approx(rb["top1_after"])
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys):
+    from chipprune.cli import main
+
+    data = _image_folder(tmp_path / "data", n_train=32)
+    out = tmp_path / "run"
+    base = _train_cmd(data, out, "--train-batch-size", "16")[3:]  # without "-m chipprune --debug"
+    assert main([*base, "--epochs", "1"]) == 0
+    assert main([*base, "--epochs", "3", "--resume"]) == 2
+    assert "epochs 1 -> 3" in capsys.readouterr().err
+    assert main([*base, "--epochs", "1", "--seed", "5", "--resume"]) == 2
+    assert "seed 0 -> 5" in capsys.readouterr().err
+    assert main([*base, "--epochs", "1", "--resume"]) == 0  # the same settings resume (here: nothing left to do)
 
 
 def test_finetune_writes_a_loadable_folder_and_report(tmp_path):
@@ -132,8 +150,21 @@ def test_scoring_under_torchrun_splits_images_and_sums_scores(tmp_path):
            "--image-size", "16", "--data", str(data), "--calib-images", "32", "--batch-size", "8", "--quiet"]
     subprocess.run([sys.executable, *cmd, "--out", str(tmp_path / "one.safetensors")], check=True, env=_env(), cwd=tmp_path)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    subprocess.run([*torchrun, *cmd, "--out", str(tmp_path / "two.safetensors")], check=True, env=_env(), cwd=tmp_path)
+    subprocess.run([*torchrun, *cmd, "--out", str(tmp_path / "two.safetensors")], check=True, env=_env(), cwd=tmp_path, timeout=600)
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert one["images"] == two["images"] == 32
     for group in one["groups"]:
         assert np.allclose(one["groups"][group]["scores"], two["groups"][group]["scores"], rtol=1e-9)
+
+
+def test_run_under_torchrun_prunes_once_then_finetunes_together(tmp_path):
+    data = _image_folder(tmp_path / "data", n_train=64)
+    out = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    cmd = ["-m", "chipprune", "run", "--model", "custom_nets:plain_net", "--weights", "none", "--image-size", "16",
+           "--data", str(data), "--sparsity", "0.5", "--calib-images", "16", "--batch-size", "8", "--epochs", "1",
+           "--train-batch-size", "16", "--val-fraction", "0", "--out", str(out), "--quiet"]
+    result = subprocess.run([*torchrun, *cmd], env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(f"saved: {out / 'pruned'}/") == 1  # pruned by process 0 alone
+    assert json.loads((out / "finetuned" / "report.json").read_text())["finetune"]["processes"] == 2

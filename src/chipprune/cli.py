@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -19,8 +20,7 @@ from .models.registry import get_model_spec, list_models
 from .criteria import CRITERIA_NAMES
 from .data import open_data
 from .export import export_onnx
-from .distributed import setup_distributed, teardown_distributed
-from .files import read_json
+from .distributed import barrier, setup_distributed, teardown_distributed
 from .finetuning import finetune, train_from_scratch
 from .train import RECIPES, TrainConfig, recipe_with
 from .latency import measure_latency, measure_onnx_latency
@@ -31,6 +31,7 @@ from .pipeline import (
     Calibration,
     load_model,
     load_pruned,
+    read_pruned_record,
     make_latency_plan,
     make_pruning_plan,
     prunable_groups,
@@ -175,9 +176,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     device = _device(args.device)
-    model = load_pruned(args.folder, device)
-    record = read_json(Path(args.folder) / "pruning.json")
-    spec = get_model_spec(record["model"], record.get("image_size"))
+    record, spec = read_pruned_record(args.folder, args.model)
+    model = load_pruned(args.folder, device, model=args.model)
     params, macs = count_params(model), count_macs(model, spec.image_size)
     print(f"{record['model']} (pruned, {args.folder}): params {params:,}, MACs {macs:,}")
     if not args.no_accuracy:
@@ -210,10 +210,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
-    model = load_pruned(folder)
-    record = read_json(folder / "pruning.json")
+    _, spec = read_pruned_record(folder, args.model)
+    model = load_pruned(folder, model=args.model)
     out = Path(args.out) if args.out else folder / "model.onnx"
-    diff = export_onnx(model, int(record["image_size"]), out)
+    diff = export_onnx(model, spec.image_size, out)
     print(f"wrote {out}; ONNX Runtime matches PyTorch (max abs difference {diff:.2e} on random inputs)")
 
 
@@ -236,7 +236,7 @@ def _print_training(report: dict | None, out: Path) -> None:
     before = f"{report['top1_before']:.2f}% -> " if report.get("top1_before") is not None else ""
     print(
         f"{report['model']}: test top-1 {before}{report['top1_after']:.2f}% on {report['test_images']} images "
-        f"after {f['recipe']['epochs']} epochs (selected epoch {f['selected_epoch']}); "
+        f"after {f['recipe']['epochs']} epoch{'s' * (f['recipe']['epochs'] != 1)} (selected epoch {f['selected_epoch']}); "
         f"params {report['params_after']:,}, MACs {report['macs_after']:,}"
     )
     print(f"saved: {out}/ (model.safetensors, pruning.json, report.json, report.md, metrics.csv, plots)")
@@ -244,7 +244,7 @@ def _print_training(report: dict | None, out: Path) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.folder) / "finetuned"
-    report = finetune(args.folder, args.data, _train_config(args, out), _device(args.device))
+    report = finetune(args.folder, args.data, _train_config(args, out), _device(args.device), model=args.model)
     _print_training(report, out)
 
 
@@ -252,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("chipprune-out") / f"{args.model.replace(':', '_')}-trained"
     report = train_from_scratch(
         args.model, args.data, _train_config(args, out), _device(args.device), image_size=args.image_size,
-        num_classes=args.num_classes, weights=None if args.weights == "bundled" else args.weights,
+        num_classes=args.num_classes, weights=args.weights,
     )
     _print_training(report, out)
 
@@ -261,8 +261,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     root = Path(args.out) if args.out else Path("chipprune-out") / f"{args.model.replace(':', '_')}-run"
     args.out = str(root / "pruned")
     args.dry_run = False
-    cmd_prune(args)
-    report = finetune(root / "pruned", args.data, _train_config(args, root / "finetuned"), _device(args.device))
+    # Under torchrun, process 0 prunes alone, before the processes join up; the others wait for it.
+    if int(os.environ.get("RANK", "0")) == 0:
+        cmd_prune(args)
+    setup_distributed(_device(args.device))
+    barrier()
+    report = finetune(root / "pruned", args.data, _train_config(args, root / "finetuned"), _device(args.device), model=args.model)
     _print_training(report, root / "finetuned")
 
 
@@ -338,6 +342,9 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
     p.add_argument("--limit-train-images", type=int, default=None, help="train on at most this many images (pilots)")
 
 
+_TRUST_HELP = "the folder's model, needed only when it is your own package.module:function (loading runs that code)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chipprune", description="CHIP channel pruning for PyTorch CNNs.")
     parser.add_argument("--version", action="version", version=f"chipprune {__version__}")
@@ -361,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("finetune", help="fine-tune a pruned folder (the paper's recipe; resumable; torchrun for DDP)")
     p.add_argument("folder", help="folder written by 'chipprune prune'")
+    p.add_argument("--model", default=None, help=_TRUST_HELP)
     _add_train_args(p, out_help="output folder (default FOLDER/finetuned)")
     p.set_defaults(func=cmd_finetune)
 
@@ -396,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-accuracy", action="store_true", help="skip the test-set evaluation")
     p.add_argument("--latency", action="store_true", help="measure latency of the original and the pruned model")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
+    p.add_argument("--model", default=None, help=_TRUST_HELP)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
@@ -404,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", help="folder written by 'chipprune prune'")
     p.add_argument("--format", default="onnx", choices=["onnx"])
     p.add_argument("--out", default=None, help="output file (default FOLDER/model.onnx)")
+    p.add_argument("--model", default=None, help=_TRUST_HELP)
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "setup_distributed", "teardown_distributed", "world", "all_reduce_sum", "barrier"]
+__all__ = ["Dist", "setup_distributed", "teardown_distributed", "world", "all_reduce_sum", "barrier", "broadcast_module"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ def setup_distributed(device: torch.device) -> Dist:
     if world <= 1:
         return Dist(0, 1, device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # An hour, not NCCL's 10 minutes: in `chipprune run` the other processes wait while process 0
+        # prunes and evaluates alone.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=1))
     rank = dist.get_rank()
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -69,3 +72,11 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Give every process process 0's parameters and buffers, in place (a no-op in a single process)."""
+    if world()[1] > 1:
+        with torch.no_grad():
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import tempfile
 import warnings
@@ -29,7 +30,9 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: fl
         raise ChipPruneError("ONNX export needs the 'export' extra: pip install 'chipprune[export]'") from None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval().cpu()
+    was_training = model.training
+    # Exported and checked on the CPU; a model on another device is copied, not moved.
+    model = model.eval() if _on_cpu(model) else copy.deepcopy(model).cpu().eval()
     example = torch.randn(1, 3, image_size, image_size)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -57,3 +60,8 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: fl
         return worst
     finally:
         Path(tmp).unlink(missing_ok=True)
+        model.train(was_training)
+
+
+def _on_cpu(model: nn.Module) -> bool:
+    return all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])

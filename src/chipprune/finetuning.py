@@ -17,8 +17,8 @@ from .distributed import setup_distributed
 from .files import read_json, write_json
 from .latency import measure_latency
 from .metrics import count_macs, count_params
-from .models.registry import create_model, get_model_spec
-from .pipeline import load_model, load_pruned, pruning_record
+from .models.registry import create_model
+from .pipeline import load_model, load_pruned, pruning_record, read_pruned_record
 from .report import write_report
 from .train import TrainConfig, fit
 
@@ -34,13 +34,15 @@ def _latency(before: nn.Module, after: nn.Module, image_size: int, device: torch
     return out
 
 
-def finetune(folder: str | Path, data: str | Path | None, config: TrainConfig, device: torch.device) -> dict[str, Any] | None:
-    """Fine-tune the pruned model in ``folder`` on ``data``; returns the report (None on ranks > 0)."""
+def finetune(
+    folder: str | Path, data: str | Path | None, config: TrainConfig, device: torch.device, *, model: str | None = None
+) -> dict[str, Any] | None:
+    """Fine-tune the pruned model in ``folder`` on ``data``; returns the report (None on ranks > 0).
+    ``model``: see ``load_pruned`` (needed for a ``package.module:function`` model)."""
     dist_info = setup_distributed(device)
     folder = Path(folder)
-    record = read_json(folder / "pruning.json")
-    spec = get_model_spec(record["model"], record.get("image_size"))
-    model = load_pruned(folder)
+    record, spec = read_pruned_record(folder, model)
+    model = load_pruned(folder, model=model)
     summary = fit(model, spec, open_data(data), config, dist_info)
     if not dist_info.is_main:
         return None
@@ -63,7 +65,7 @@ def finetune(folder: str | Path, data: str | Path | None, config: TrainConfig, d
         "latency_ms": _latency(original, model, spec.image_size, dist_info.device),
         "finetune": {k: v for k, v in summary.items() if k != "history"},
     }
-    if "top1_after" in pruned_report:
+    if pruned_report.get("top1_after") is not None:  # None: the pruned model was not evaluated
         report["top1_after_pruning"] = pruned_report["top1_after"]
     write_json(Path(config.out) / "pruning.json", record)
     write_report(Path(config.out), report, record, summary["history"])

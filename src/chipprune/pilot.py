@@ -14,6 +14,8 @@ Recommendation: the smallest model (fewest MACs) whose upper bound of the drop i
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -93,14 +95,57 @@ def _test_loader(spec: ModelSpec, source):
 
 
 def _load_scores(path: Path, groups) -> dict[str, GroupScores] | None:
+    """The scores a previous run of this pilot saved, or None (none, or unreadable: scored again)."""
     if not path.is_file():
         return None
     from safetensors.torch import load_file
 
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception:  # noqa: BLE001 - a damaged cache is recomputed
+        return None
     if set(tensors) != {g.name for g in groups}:
         return None
     return {k: GroupScores(k, v.double(), [], 0, float("nan")) for k, v in tensors.items()}
+
+
+def _load_level(path: Path) -> LevelResult | None:
+    """A level a previous run of this pilot finished, or None (none, or unreadable: measured again)."""
+    if not path.is_file():
+        return None
+    try:
+        return LevelResult(**read_json(path))
+    except (ChipPruneError, TypeError):
+        return None
+
+
+def _weights_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _claim_folder(out: Path, settings: dict[str, Any]) -> None:
+    """Record what this pilot's results depend on; refuse a folder holding results of other settings,
+    which a resumed run would otherwise mix with its own."""
+    settings = json.loads(json.dumps(settings))
+    path = out / "settings.json"
+    if path.is_file():
+        saved = read_json(path)
+        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
+        if changed:
+            shown = [c if not c.startswith("weights_sha256") else "the model's weights" for c in changed]
+            raise ChipPruneError(
+                f"{out} holds pilot results for other settings ({'; '.join(shown)}); "
+                "choose another --out, or remove the folder to start over"
+            )
+    elif (out / "scores.safetensors").is_file() or any((out / "levels").glob("*.json")):
+        raise ChipPruneError(
+            f"{out} holds pilot results without a record of their settings; choose another --out, or remove the folder"
+        )
+    write_json(path, settings)
 
 
 def run_pilot(
@@ -125,12 +170,23 @@ def run_pilot(
     levels = sorted({float(lv) for lv in levels}, reverse=True)
     if any(not 0 < lv < 1 for lv in levels):
         raise ChipPruneError(f"pilot levels are MAC fractions in (0, 1); got {levels}")
+    if not 0 < confidence < 1:
+        raise ChipPruneError(f"confidence must lie in (0, 1), e.g. 0.95; got {confidence}")
+    if throughput_batch < 1 or finetune_epochs < 0 or round_to < 1:
+        raise ChipPruneError("throughput batch and --round-to must be at least 1, fine-tuning epochs at least 0")
     out = Path(out)
     (out / "levels").mkdir(parents=True, exist_ok=True)
     calibration = calibration or Calibration(data=data)
     source = open_data(data)
     test_loader = _test_loader(spec, source)
     model = model.to(device).eval()
+    _claim_folder(out, {
+        "model": spec.name, "image_size": spec.image_size, "weights_sha256": _weights_digest(model),
+        "data": source.description, "calibration_images": calibration.images, "calibration_batch_size": calibration.batch_size,
+        "calibration_seed": calibration.seed, "calibration_augment": calibration.augment, "round_to": round_to,
+        "finetune_epochs": finetune_epochs, "confidence": confidence, "throughput_batch": throughput_batch,
+        "device": str(torch.device(device)),
+    })
     base_flags = correct_flags(model, test_loader, device)
     base_top1 = 100 * float(base_flags.double().mean())
     base = {
@@ -153,8 +209,9 @@ def run_pilot(
     results: list[LevelResult] = []
     for target in levels:
         path = out / "levels" / f"macs-{target:.3f}.json"
-        if path.is_file():
-            results.append(LevelResult(**read_json(path)))
+        finished = _load_level(path)
+        if finished is not None:
+            results.append(finished)
             continue
         candidate = copy.deepcopy(model)
         c_dg, c_groups, c_cls = prunable_groups(candidate, spec)

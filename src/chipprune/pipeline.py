@@ -51,6 +51,7 @@ __all__ = [
     "prune",
     "save_pruned",
     "load_pruned",
+    "read_pruned_record",
     "pruning_record",
 ]
 
@@ -102,6 +103,11 @@ class Calibration:
         loader = make_loader(SeededAugmentation(dataset, self.seed), self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
         rank, processes = world()
         if processes > 1:
+            if len(loader.dataset) < processes:
+                raise ChipPruneError(
+                    f"{len(loader.dataset)} calibration images cannot be shared among {processes} processes; "
+                    "use more images or fewer processes"
+                )
             # Under torchrun each process scores its share of the images; score sums are reduced.
             share = list(range(len(loader.dataset)))[rank::processes]
             loader = make_loader(Subset(loader.dataset, share), self.batch_size)
@@ -121,14 +127,18 @@ def prunable_groups(
     model: nn.Module, spec: ModelSpec, ignored: list[str] | None = None
 ) -> tuple[tp.DependencyGraph, list[ChannelGroup], str]:
     """Trace ``model`` and return (dependency graph, coupled channel groups, classifier name)."""
-    model.eval()
-    example = _example_input(spec, _device_of(model))
-    classifier = find_classifier(model, example)
     names = set(dict(model.named_modules()))
     unknown = [n for n in ignored or [] if n not in names]
     if unknown:
         raise ChipPruneError(f"--ignore names no layer of the model: {', '.join(unknown)}")
-    dg, groups = build_groups(model, example, [classifier, *(ignored or [])])
+    was_training = model.training
+    model.eval()  # tracing runs the model; BatchNorm statistics must not move
+    try:
+        example = _example_input(spec, _device_of(model))
+        classifier = find_classifier(model, example)
+        dg, groups = build_groups(model, example, [classifier, *(ignored or [])])
+    finally:
+        model.train(was_training)
     paper_feature_sources(spec, groups)
     return dg, groups, classifier
 
@@ -525,32 +535,60 @@ def save_pruned(result: PruneResult, folder: str | Path) -> Path:
     """Write ``model.safetensors``, ``pruning.json`` and ``report.json`` into ``folder`` (atomically each)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    # The report goes first and last: its presence means the folder's files belong together, so a
+    # previous run's report must not outlive an interruption between the two other files.
+    (folder / "report.json").unlink(missing_ok=True)
     save_state_dict(result.model, folder / "model.safetensors")
     write_json(folder / "pruning.json", result.record)
-    # The report goes last: its presence means the folder is complete.
     write_json(folder / "report.json", result.report)
     return folder
 
 
-def load_pruned(folder: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a pruned model from its folder: fresh model, recorded removals replayed, weights loaded.
+def read_pruned_record(folder: str | Path, model: str | None = None) -> tuple[dict[str, Any], ModelSpec]:
+    """The pruning record of a pruned folder and its model's spec, checked before anything runs.
 
-    Nothing is unpickled. For a ``package.module:function`` model that function is imported and run.
+    A folder pruned from a ``package.module:function`` model names code that loading would import
+    and run; it is loaded only when ``model`` repeats that name (the user vouches for the code), so a
+    folder from elsewhere cannot run code by itself. Registry models need no ``model``.
     """
     folder = Path(folder)
     record = read_json(folder / "pruning.json")
+    where = folder / "pruning.json"
     if not isinstance(record, dict) or record.get("format") != PRUNED_FORMAT:
-        raise ChipPruneError(f"{folder / 'pruning.json'} is not a chipprune pruning record ({PRUNED_FORMAT})")
-    spec = get_model_spec(record["model"], record.get("image_size"))
-    model = create_model(spec.name, record.get("num_classes")).eval()
-    dg = build_graph(model, _example_input(spec))
-    modules = dict(model.named_modules())
+        raise ChipPruneError(f"{where} is not a chipprune pruning record ({PRUNED_FORMAT})")
+    groups = record.get("groups")
+    if not isinstance(record.get("model"), str) or not isinstance(groups, list) or not all(
+        isinstance(g, dict) and isinstance(g.get("group"), str) and isinstance(g.get("removed"), list)
+        and all(isinstance(i, int) for i in g["removed"]) for g in groups
+    ):
+        raise ChipPruneError(f"{where} is damaged: it needs 'model' and 'groups' (each with 'group' and a list of 'removed' channels)")
+    if model is not None and model != record["model"]:
+        raise ChipPruneError(f"{folder} holds a pruned '{record['model']}', not '{model}'")
+    if ":" in record["model"] and model is None:
+        raise ChipPruneError(
+            f"{folder} was pruned from '{record['model']}', your own code: loading it imports and runs that function. "
+            f"If you trust this folder, confirm with --model {record['model']} (Python: model='{record['model']}')"
+        )
+    return record, get_model_spec(record["model"], record.get("image_size"))
+
+
+def load_pruned(folder: str | Path, device: torch.device | str = "cpu", *, model: str | None = None) -> nn.Module:
+    """Rebuild a pruned model from its folder: fresh model, recorded removals replayed, weights loaded.
+
+    Nothing is unpickled. For a ``package.module:function`` model, ``model`` must repeat that name:
+    the function is imported and run (see ``read_pruned_record``).
+    """
+    folder = Path(folder)
+    record, spec = read_pruned_record(folder, model)
+    net = create_model(spec.name, record.get("num_classes")).eval()
+    dg = build_graph(net, _example_input(spec))
+    modules = dict(net.named_modules())
     for g in record["groups"]:
         if g["group"] not in modules:
             raise ChipPruneError(f"{folder / 'pruning.json'} names layer '{g['group']}', which {spec.name} does not have")
-        prune_group(dg, model, g["group"], g["removed"])
+        prune_group(dg, net, g["group"], g["removed"])
     try:
-        load_weights(model, folder / "model.safetensors")
+        load_weights(net, folder / "model.safetensors")
     except ChipPruneError as exc:
         raise ChipPruneError(f"pruned folder {folder}: pruning.json and model.safetensors disagree: {exc}") from None
-    return model.to(device).eval()
+    return net.to(device).eval()

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_bytes, write_json
+from .summary import change
 
 __all__ = ["write_report", "pyplot"]
 
@@ -18,10 +19,6 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def _pct(before: float, after: float) -> str:
-    return f"{100 * (after - before) / before:+.1f}%" if before else ""
 
 
 def _plot_training(path: Path, history: list[dict[str, Any]]) -> None:
@@ -83,8 +80,8 @@ def write_report(out: Path, report: dict[str, Any], record: dict[str, Any], hist
         "",
         "| | before | after | change |",
         "|---|---|---|---|",
-        f"| parameters | {r['params_before']:,} | {r['params_after']:,} | {_pct(r['params_before'], r['params_after'])} |",
-        f"| MACs per image | {r['macs_before']:,} | {r['macs_after']:,} | {_pct(r['macs_before'], r['macs_after'])} |",
+        f"| parameters | {r['params_before']:,} | {r['params_after']:,} | {change(r['params_before'], r['params_after'])} |",
+        f"| MACs per image | {r['macs_before']:,} | {r['macs_after']:,} | {change(r['macs_before'], r['macs_after'])} |",
     ]
     if r.get("top1_before") is not None:
         lines.append(f"| top-1 (%) | {r['top1_before']:.2f} | {r['top1_after']:.2f} | {r['top1_after'] - r['top1_before']:+.2f} points |")

@@ -162,16 +162,18 @@ def score_groups(
         if sum(t.numel() * t.element_size() for _, t in pending) >= PENDING_BYTES:
             score_pending()
 
+    missing = [name for name, _ in keys if name not in modules]
+    if missing:
+        raise ChipPruneError(f"no module named '{missing[0]}' in the model")
     hooks = []
-    for name, kind in keys:
-        if name not in modules:
-            raise ChipPruneError(f"no module named '{name}' in the model")
-        if kind == "input":
-            hooks.append(modules[name].register_forward_pre_hook(lambda _m, args, k=(name, kind): record(k, args[0])))
-        else:
-            hooks.append(modules[name].register_forward_hook(lambda _m, _a, out, k=(name, kind): record(k, out)))
+    was_training = model.training
     model.eval()
     try:
+        for name, kind in keys:
+            if kind == "input":
+                hooks.append(modules[name].register_forward_pre_hook(lambda _m, args, k=(name, kind): record(k, args[0])))
+            else:
+                hooks.append(modules[name].register_forward_hook(lambda _m, _a, out, k=(name, kind): record(k, out)))
         with torch.inference_mode():
             for x, _ in tqdm(batches, desc=f"scoring ({criterion})", total=total, disable=not progress, unit="batch"):
                 seen_this_batch.clear()
@@ -181,6 +183,7 @@ def score_groups(
     finally:
         for h in hooks:
             h.remove()
+        model.train(was_training)
     images = _reduce_across_processes(accumulators, images, device)
     if images == 0:
         raise ChipPruneError("no calibration images: the data split is empty")

@@ -7,8 +7,14 @@ from typing import Any
 from .scoring import UNSTABLE_BELOW, GroupScores
 
 
-def _change(before: float, after: float) -> str:
+def change(before: float, after: float) -> str:
+    """Relative change as text, e.g. '-43.1%' ('' when ``before`` is 0)."""
     return f"{100.0 * (after - before) / before:+.1f}%" if before else ""
+
+
+def _rho(value: float | None) -> str:
+    # None (read back from JSON) or NaN: not computed, e.g. for the l1 and random criteria.
+    return "-" if value is None or value != value else f"{value:.3f}"
 
 
 def prune_summary(report: dict[str, Any], record: dict[str, Any], folder: str | None, verbose: bool) -> str:
@@ -19,9 +25,9 @@ def prune_summary(report: dict[str, Any], record: dict[str, Any], folder: str | 
         "",
         f"{'':14}{'before':>14}{'after':>14}{'change':>10}",
         f"{'params':14}{report['params_before']:>14,}{report['params_after']:>14,}"
-        f"{_change(report['params_before'], report['params_after']):>10}",
+        f"{change(report['params_before'], report['params_after']):>10}",
         f"{'MACs':14}{report['macs_before']:>14,}{report['macs_after']:>14,}"
-        f"{_change(report['macs_before'], report['macs_after']):>10}",
+        f"{change(report['macs_before'], report['macs_after']):>10}",
     ]
     if "top1_before" in report:
         for k in ("top1", "top5"):
@@ -41,24 +47,18 @@ def prune_summary(report: dict[str, Any], record: dict[str, Any], folder: str | 
     for batch, lat in report.get("latency_ms", {}).items():
         predicted = f" (predicted {lat['predicted_speedup']:.2f}x)" if "predicted_speedup" in lat else ""
         lines.append(
-            f"{'ms, batch ' + batch:14}{lat['before']:>14.2f}{lat['after']:>14.2f}{_change(lat['before'], lat['after']):>10}"
+            f"{'ms, batch ' + batch:14}{lat['before']:>14.2f}{lat['after']:>14.2f}{change(lat['before'], lat['after']):>10}"
             f"  {lat['before'] / lat['after']:.2f}x faster on {lat['device']}{predicted}"
         )
     for note in record.get("notes", []):
         lines.append(f"note: {note}")
-    unstable = [g["group"] for g in record["groups"] if g.get("split_half_spearman", 1.0) < UNSTABLE_BELOW]
-    if unstable:
-        lines.append(
-            f"warning: {len(unstable)} pruned group(s) rank channels differently on two halves of the calibration "
-            f"images (Spearman < {UNSTABLE_BELOW}): {', '.join(unstable[:5])}{' ...' if len(unstable) > 5 else ''}; "
-            "consider more --calib-images."
-        )
+    lines.extend(stability_warnings({g["group"]: g.get("split_half_spearman") for g in record["groups"]}))
     if verbose:
         lines += ["", f"{'group':28}{'members':>8}{'ratio':>7}{'channels':>14}{'split-half rho':>16}"]
         for g in record["groups"]:
             lines.append(
                 f"{g['group']:28}{len(g['members']):>8}{g['ratio']:>7.2f}"
-                f"{str(g['channels_before']) + ' -> ' + str(g['channels_after']):>14}{g['split_half_spearman']:>16.3f}"
+                f"{str(g['channels_before']) + ' -> ' + str(g['channels_after']):>14}{_rho(g.get('split_half_spearman')):>16}"
             )
     timings = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in report.get("timings", {}).items())
     lines += ["", f"time: {timings}"]
@@ -75,16 +75,17 @@ def score_summary(scores: dict[str, GroupScores], images: int, seconds: float, o
         flag = "  unstable" if v.split_half_spearman < UNSTABLE_BELOW else ""
         lines.append(
             f"{k:28}{s.numel():>9}{len(v.maps):>6}{s.min():>11.4g}{s.median():>11.4g}{s.max():>11.4g}"
-            f"{v.split_half_spearman:>16.3f}{flag}"
+            f"{_rho(v.split_half_spearman):>16}{flag}"
         )
     lines.append(f"\nscored {len(scores)} groups on {images} images in {seconds:.1f} s; saved {out} and its .json twin")
-    lines.extend(stability_warnings(scores))
+    lines.extend(stability_warnings({k: v.split_half_spearman for k, v in scores.items()}))
     return "\n".join(lines)
 
 
-def stability_warnings(scores: dict[str, GroupScores]) -> list[str]:
-    """A warning line when some groups rank their channels differently on two halves of the images."""
-    unstable = [k for k, v in scores.items() if v.split_half_spearman < UNSTABLE_BELOW]
+def stability_warnings(rhos: dict[str, float | None]) -> list[str]:
+    """A warning line when some groups rank their channels differently on two halves of the images
+    (``rhos``: each group's split-half rank correlation; None or NaN when not computed)."""
+    unstable = [k for k, rho in rhos.items() if rho is not None and rho < UNSTABLE_BELOW]
     if not unstable:
         return []
     return [
@@ -104,12 +105,12 @@ def plan_summary(model: str, groups: list, plan: Any, params_before: int, macs_b
     lines += [
         "",
         f"{'':14}{'before':>16}{'after':>16}{'change':>10}",
-        f"{'params':14}{params_before:>16,}{plan.params:>16,}{_change(params_before, plan.params):>10}",
-        f"{'MACs':14}{macs_before:>16,}{plan.macs:>16,}{_change(macs_before, plan.macs):>10}",
+        f"{'params':14}{params_before:>16,}{plan.params:>16,}{change(params_before, plan.params):>10}",
+        f"{'MACs':14}{macs_before:>16,}{plan.macs:>16,}{change(macs_before, plan.macs):>10}",
     ]
     for batch, lat in plan.latency.items():
         lines.append(f"{'ms, batch ' + batch:14}{lat['original_ms']:>16.2f}{lat['predicted_ms']:>16.2f}"
-                     f"{_change(lat['original_ms'], lat['predicted_ms']):>10}  (predicted from the latency table)")
+                     f"{change(lat['original_ms'], lat['predicted_ms']):>10}  (predicted from the latency table)")
     lines += [f"note: {n}" for n in plan.notes]
     lines.append("(dry run: no weights touched)" if plan.latency else "(dry run: no scores computed, no weights touched)")
     return "\n".join(lines)

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
 from tqdm.auto import tqdm
 
 from .data import DataSource, SeededAugmentation, make_transform
-from .distributed import Dist, all_reduce_sum, barrier
+from .distributed import Dist, all_reduce_sum, broadcast_module
 from .errors import ChipPruneError
 from .files import atomic_write_bytes, save_state_dict, write_json
 from .metrics import evaluate
@@ -150,7 +150,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
     if config.limit_train_images:
         train_idx = train_idx[: config.limit_train_images]
     if len(train_idx) < recipe.batch_size:
-        raise ChipPruneError(f"{len(train_idx)} training images are fewer than one batch of {recipe.batch_size}; lower --batch-size")
+        raise ChipPruneError(f"{len(train_idx)} training images are fewer than one batch of {recipe.batch_size}; lower --train-batch-size")
     train_subset = SeededAugmentation(Subset(train_aug, train_idx), config.seed)
     sampler = DistributedSampler(train_subset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=config.seed, drop_last=True)
     steps_per_epoch = len(sampler) // per_rank_batch
@@ -158,8 +158,17 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
     warmup_steps = int(round(recipe.warmup_epochs * steps_per_epoch))
 
     def eval_loader(dataset) -> DataLoader:
-        eval_sampler = DistributedSampler(dataset, dist_info.world_size, dist_info.rank, shuffle=False) if dist_info.enabled else None
-        return DataLoader(dataset, batch_size=256, sampler=eval_sampler)
+        # Each process takes every world_size-th image: unlike DistributedSampler, no image is
+        # repeated to even out the shares, so none counts twice.
+        if dist_info.enabled:
+            dataset = Subset(dataset, range(dist_info.rank, len(dataset), dist_info.world_size))
+        return DataLoader(dataset, batch_size=256)
+
+    def evaluate_model(loader: DataLoader) -> dict[str, float]:
+        # Every process evaluates process 0's weights and BatchNorm statistics (the ones saved), on the
+        # unwrapped model: DDP's forward would expect every process to run as many batches.
+        broadcast_module(model)
+        return evaluate(model, loader, device, amp_dtype=_amp_dtype(config))
 
     val_loader = eval_loader(Subset(train_plain, val_idx)) if n_val else None
 
@@ -182,8 +191,14 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
     start_epoch, start_step, history = 0, 0, []
     best = {"val_top1": -1.0, "epoch": -1}
     ckpt_path = out / "checkpoint.pt"
+    # What a checkpoint is only valid with: another schedule length, seed, split or precision would
+    # silently continue a different run (e.g. put validation images into training).
+    amp = str(_amp_dtype(config)).replace("torch.", "") if device.type == "cuda" else "none"
+    settings = {**asdict(recipe), "seed": config.seed, "val_fraction": config.val_fraction,
+                "limit_train_images": config.limit_train_images, "train_images": len(train_idx), "amp": amp}
     if config.resume and ckpt_path.is_file():
         ckpt = read_checkpoint(ckpt_path)
+        _check_resumable(ckpt, settings, dist_info.world_size, ckpt_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -207,6 +222,8 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             "history": history,
             "best": best,
             "recipe": asdict(recipe),
+            "settings": settings,
+            "processes": dist_info.world_size,
         }
         buffer = io.BytesIO()
         torch.save(state, buffer)
@@ -250,7 +267,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             "seconds": round(time.perf_counter() - t_epoch, 2),
         }
         if val_loader is not None:
-            val = evaluate(net, val_loader, device, amp_dtype=_amp_dtype(config))
+            val = evaluate_model(val_loader)
             row.update(val_top1=val["top1"], val_top5=val["top5"])
             if val["top1"] > best["val_top1"]:
                 best = {"val_top1": val["top1"], "epoch": epoch + 1}
@@ -262,12 +279,14 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             _write_metrics(out, history)
         start_step = 0
 
-    if val_loader is not None and (out / "best.safetensors").is_file():
-        barrier()
-        from .weights import load_weights
+    if val_loader is not None and best["epoch"] > 0:  # the same on every process (validation is all-reduced)
+        # Only process 0 wrote best.safetensors, and other machines may not see its disk: it loads
+        # the file, and evaluate_model hands the weights to the others.
+        if dist_info.is_main:
+            from .weights import load_weights
 
-        load_weights(model, out / "best.safetensors")
-    test = evaluate(net, eval_loader(test_set), device, amp_dtype=_amp_dtype(config))  # NaN when there is no test split
+            load_weights(model, out / "best.safetensors")
+    test = evaluate_model(eval_loader(test_set))  # NaN when there is no test split
     if dist_info.is_main:
         save_state_dict(model, out / "model.safetensors")
     return {
@@ -284,6 +303,20 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
         "train_seconds": round(time.perf_counter() - t_start, 1),
         "history": history,
     }
+
+
+def _check_resumable(ckpt: dict[str, Any], settings: dict[str, Any], processes: int, path: Path) -> None:
+    """Refuse a checkpoint written with other settings (older checkpoints record only the recipe)."""
+    saved = ckpt.get("settings", ckpt.get("recipe", {}))
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in settings.items() if k in saved and saved[k] != v]
+    if ckpt.get("step_in_epoch", 0) and ckpt.get("processes", processes) != processes:
+        # Inside an epoch the remaining images depend on how they were shared out.
+        changed.append(f"processes {ckpt['processes']} -> {processes} (allowed only at an epoch's end)")
+    if changed:
+        raise ChipPruneError(
+            f"{path} belongs to a run with other settings ({'; '.join(changed)}); "
+            "resume with the same settings, or remove it (or choose another --out) to start over"
+        )
 
 
 def _write_metrics(out: Path, history: list[dict[str, Any]]) -> None:

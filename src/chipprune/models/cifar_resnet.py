@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["PadShortcut", "BasicBlock", "CifarResNet", "cifar_resnet"]
 

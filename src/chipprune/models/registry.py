@@ -114,6 +114,8 @@ def _factory_spec(name: str) -> ModelSpec:
 def get_model_spec(name: str, image_size: int | None = None) -> ModelSpec:
     """Look a model up by name (or ``package.module:function``); unknown names raise a ChipPruneError
     that suggests close ones. ``image_size`` overrides the input size the model is traced and counted at."""
+    if image_size is not None and int(image_size) < 1:
+        raise ChipPruneError(f"the image size must be a positive number of pixels, got {image_size}")
     spec = _lookup(name)
     return spec if image_size is None else replace(spec, image_size=int(image_size))
 
@@ -146,6 +148,8 @@ def _lookup(name: str) -> ModelSpec:
 
 def create_model(name: str, num_classes: int | None = None) -> nn.Module:
     """Build a named model with freshly initialised weights (nothing is downloaded)."""
+    if num_classes is not None and num_classes < 1:
+        raise ChipPruneError(f"the number of classes must be at least 1, got {num_classes}")
     spec = get_model_spec(name)
     kwargs = {} if num_classes is None or spec.family == "custom" else {"num_classes": num_classes}
     model = spec.factory(**kwargs)

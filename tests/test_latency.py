@@ -266,7 +266,7 @@ def _latency_budget_from_the_cli(tmp_path, capsys, model_args, budget, name):
     assert lat["predicted"] <= float(budget) * original  # the plan meets the budget on the table's own terms
     assert lat["before"] > 0 and lat["after"] > 0 and "predicted" in printed and f"target latency {float(budget):.0%}" in printed
     assert report["macs_after"] < report["macs_before"]
-    assert chipprune.load_pruned(out)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    assert chipprune.load_pruned(out, model=name)(torch.randn(1, 3, 32, 32)).shape == (1, 10)
     # The dry run prints the plan with its predicted latency, and writes no model.
     assert main(args[:-3] + ["--out", str(tmp_path / "dry"), "--dry-run", "--quiet"]) == 0
     assert "predicted from the latency table" in capsys.readouterr().out and not (tmp_path / "dry").exists()

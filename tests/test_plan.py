@@ -4,7 +4,7 @@ import torch
 from chipprune import ChipPruneError, get_model_spec
 from chipprune.models import create_model
 from chipprune.pipeline import prunable_groups
-from chipprune.plan import channels_to_keep, make_plan, parse_sparsity, select_channels
+from chipprune.plan import channels_to_keep, make_plan, parse_sparsity, select_top
 
 
 def test_parse_paper_strings():
@@ -60,7 +60,7 @@ def test_vgg_paper_plan():
 def test_keep_rule_and_selection():
     assert channels_to_keep(16, 0.4) == 9 and channels_to_keep(64, 0.4) == 38 and channels_to_keep(16, 0.15) == 13
     assert channels_to_keep(3, 0.9) == 1  # never empty
-    keep, remove = select_channels(torch.tensor([0.5, 0.1, 0.9, 0.1, 0.3]), 0.4)
+    keep, remove = select_top(torch.tensor([0.5, 0.1, 0.9, 0.1, 0.3]), channels_to_keep(5, 0.4))
     assert keep == [0, 2, 4] and remove == [1, 3]
-    keep, _ = select_channels(torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.5)
+    keep, _ = select_top(torch.tensor([1.0, 1.0, 1.0, 1.0]), channels_to_keep(4, 0.5))
     assert keep == [0, 1]  # ties: lower index kept

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,9 +13,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from chipprune.train import RECIPES, build_scheduler, lr_at, read_checkpoint
+from chipprune.train import RECIPES, build_scheduler, read_checkpoint
 
 TESTS = Path(__file__).resolve().parent
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
+    """The recipe's schedule by its definition: linear warm-up to base, then cosine to 0."""
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def test_recipe_schedule_matches_its_definition():

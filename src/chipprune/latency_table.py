@@ -32,6 +32,7 @@ from .errors import ChipPruneError
 from .files import read_json, write_json
 from .graph import ChannelGroup
 from .latency import measure_latency, time_call
+from .metrics import device_of
 from .models.registry import ModelSpec
 
 __all__ = ["LayerShape", "LatencyTable", "LatencyModel", "machine_fingerprint", "default_table_path"]
@@ -162,9 +163,6 @@ class LatencyTable:
     def save(self) -> None:
         write_json(self.path, {"format": TABLE_FORMAT, "machine": self.machine, "entries": dict(sorted(self.entries.items()))})
         self._unsaved = 0
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.entries
 
     def slowdown(self, batch_size: int) -> float:
         """How much slower the machine runs now than when the table began (1.0: as fast).
@@ -316,7 +314,7 @@ def _layer_shapes(model: nn.Module, spec: ModelSpec) -> dict[str, LayerShape]:
         inputs.setdefault(name, tuple(args[0].shape))
 
     hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: remember(n, a)) for n, m in modules.items()]
-    device = next(model.parameters()).device
+    device = device_of(model)
     try:
         with torch.inference_mode():
             model.eval()(torch.zeros(1, 3, spec.image_size, spec.image_size, device=device))

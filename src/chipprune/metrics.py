@@ -23,10 +23,20 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision on CUDA in ``dtype``; a no-op on other devices or when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None and device.type == "cuda")
+
+
 def count_macs(model: nn.Module, image_size: int, channels: int = 3) -> int:
     """Multiply-accumulates of one forward pass on one ``image_size`` x ``image_size`` image."""
-    param = next(model.parameters(), None)
-    device = param.device if param is not None else torch.device("cpu")
+    device = device_of(model)
     was_training = model.training
     model.eval()
     try:
@@ -49,8 +59,7 @@ def evaluate(
     model.eval()
     device = torch.device(device)
     counts = torch.zeros(3, dtype=torch.float64)  # top-1 right, top-5 right, images
-    autocast = torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None and device.type == "cuda")
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, amp_dtype):
         for x, y in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
             logits = model(x.to(device)).float()
             y = y.to(device)

@@ -32,7 +32,7 @@ from .distributed import world
 from .errors import ChipPruneError
 from .files import read_json, save_state_dict, write_json
 from .graph import ChannelGroup, build_graph, build_groups, find_classifier, prune_group
-from .metrics import count_macs, count_params, evaluate, recalibrate_batchnorm
+from .metrics import count_macs, count_params, device_of, evaluate, recalibrate_batchnorm
 from .models.registry import ModelSpec, create_model, get_model_spec
 from .plan import PAPER_SPARSITY, channels_to_keep, make_plan, paper_feature_sources, select_top
 from .scoring import GroupScores
@@ -118,11 +118,6 @@ def _example_input(spec: ModelSpec, device: torch.device | str = "cpu") -> torch
     return torch.zeros(1, 3, spec.image_size, spec.image_size, device=device)
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def prunable_groups(
     model: nn.Module, spec: ModelSpec, ignored: list[str] | None = None
 ) -> tuple[tp.DependencyGraph, list[ChannelGroup], str]:
@@ -134,7 +129,7 @@ def prunable_groups(
     was_training = model.training
     model.eval()  # tracing runs the model; BatchNorm statistics must not move
     try:
-        example = _example_input(spec, _device_of(model))
+        example = _example_input(spec, device_of(model))
         classifier = find_classifier(model, example)
         dg, groups = build_groups(model, example, [classifier, *(ignored or [])])
     finally:
@@ -162,7 +157,7 @@ def _size_after(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup], k
     """Params and MACs of ``model`` with ``keep[g]`` channels per group (any channels: sizes do not
     depend on which). Works on a copy; the model is untouched."""
     trial = copy.deepcopy(model).eval()
-    dg = build_graph(trial, _example_input(spec, _device_of(trial)))
+    dg = build_graph(trial, _example_input(spec, device_of(trial)))
     for g in groups:
         if keep.get(g.name, g.channels) < g.channels:
             _, remove = select_top(torch.zeros(g.channels), keep[g.name], g.channel_groups)
@@ -512,7 +507,7 @@ def pruning_record(
 ) -> dict[str, Any]:
     """The ``pruning.json`` that lets ``load_pruned`` rebuild ``model``: its name, input and the
     channels each group lost (no groups: the model as built)."""
-    classifier = classifier or find_classifier(model.eval(), _example_input(spec, _device_of(model)))
+    classifier = classifier or find_classifier(model.eval(), _example_input(spec, device_of(model)))
     layer = dict(model.named_modules())[classifier]
     return {
         "format": PRUNED_FORMAT,

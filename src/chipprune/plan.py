@@ -26,7 +26,6 @@ __all__ = [
     "paper_entries",
     "make_plan",
     "channels_to_keep",
-    "select_channels",
     "select_top",
     "paper_feature_sources",
     "plan_from_patterns",
@@ -244,15 +243,6 @@ def select_top(scores: torch.Tensor, keep: int, channel_groups: int = 1) -> tupl
     # Stable sort on the negated scores: equal scores keep their original order.
     order = torch.sort(-scores.double(), stable=True).indices
     return sorted(order[:keep].tolist()), sorted(order[keep:].tolist())
-
-
-def select_channels(
-    scores: torch.Tensor, ratio: float, channel_groups: int = 1, round_to: int = 1
-) -> tuple[list[int], list[int]]:
-    """Indices to keep and to remove at ``ratio`` (the paper's count rule, per block of grouped convs)."""
-    n = scores.numel()
-    blocks = channel_groups if channel_groups > 1 and n % channel_groups == 0 else 1
-    return select_top(scores, channels_to_keep(n // blocks, ratio, round_to) * blocks, blocks)
 
 
 def paper_feature_sources(spec: ModelSpec, groups: list[ChannelGroup]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -30,10 +29,10 @@ from .data import DataSource, SeededAugmentation, make_transform
 from .distributed import Dist, all_reduce_sum, broadcast_module
 from .errors import ChipPruneError
 from .files import atomic_write_bytes, save_state_dict, write_json
-from .metrics import evaluate
+from .metrics import autocast, evaluate
 from .models.registry import ModelSpec
 
-__all__ = ["Recipe", "RECIPES", "TrainConfig", "lr_at", "build_scheduler", "fit", "read_checkpoint"]
+__all__ = ["Recipe", "RECIPES", "TrainConfig", "build_scheduler", "fit", "read_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -59,17 +58,9 @@ RECIPES = {
 }
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """The recipe's learning rate at ``step``: linear from base/warmup to base over the warm-up, then
-    cosine from base to 0 at ``total_steps``."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """PyTorch's LinearLR + CosineAnnealingLR, stepped once per optimiser step (equals ``lr_at``)."""
+    """PyTorch's LinearLR + CosineAnnealingLR, stepped once per optimiser step: linear from base / warmup to
+    base over the warm-up, then cosine from base to 0 at ``total_steps``."""
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
     if warmup_steps <= 0:
         return cosine
@@ -113,10 +104,6 @@ def _amp_dtype(config: TrainConfig) -> torch.dtype | None:
     if not config.amp:
         return None
     return torch.float16 if config.amp_dtype == "fp16" else torch.bfloat16
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device_type=device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None and device.type == "cuda")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
@@ -246,7 +233,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, _amp_dtype(config)):
+            with autocast(device, _amp_dtype(config)):
                 logits = net(x)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)

@@ -27,7 +27,8 @@ def _files(tmp):
     (tmp / "empty").mkdir()
     (tmp / "plan.json").write_text(json.dumps({"layer9.*": 0.5}))
     (tmp / "badplan.yaml").write_text("layer1: [oops\n")
-    (tmp / "mymod.py").write_text("def not_a_model():\n    return 42\n")
+    (tmp / "mymod.py").write_text("def not_a_model():\n    return 42\n\ndef needs_args(width):\n    return None\n")
+    (tmp / "text.pth").write_text("hello\n")
     bad = tmp / "badimages"
     for split in ("train", "test"):
         (bad / split / "a").mkdir(parents=True)
@@ -63,6 +64,11 @@ CASES = [
     (["prune", "--weights", "{tmp}/garbage.safetensors"], "cannot read safetensors file"),
     (["prune", "--weights", "{tmp}/r20.pt"], "do not fit this model (missing layer1.3.conv1.weight"),
     (["prune", "--weights", "{tmp}/evil.pth"], "never runs"),
+    (["prune", "--weights", "{tmp}/text.pth"], "not a PyTorch file, or truncated or corrupt"),
+    (["prune", "--model", "mymod:needs_args"], "it must build the model with no arguments"),
+    (["prune", "--device", "foo"], "unknown --device 'foo'"),
+    (["score", "--model", "cifar_resnet20", "--weights", "none", "--calib-images", "8", "--batch-size", "8",
+      "--out", "{tmp}/text.pth/s.safetensors"], "cannot write"),
     (["prune", "--model", "cifar_resnet20"], "no weights ship with 'cifar_resnet20'"),
     (["prune", "--image-size", "0"], "image size must be a positive number of pixels"),
     (["prune", "--num-classes", "-1"], "number of classes must be at least 1"),

@@ -49,6 +49,12 @@ def test_criteria_without_a_split_half_correlation_write_strict_json(tmp_path, c
     _strict_json(out / "report.json")
 
 
+def test_ignored_layers_work_with_a_paper_string(capsys):
+    assert main(["prune", "--ignore", "layer1.0.conv1", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "note: layer1.0 inner conv: not pruned (ignored)" in out and "layer1.0.conv1 " not in out
+
+
 def test_score_writes_scores(tmp_path, capsys):
     out = tmp_path / "s.safetensors"
     args = ["score", "--model", "cifar_resnet20", "--weights", "none", "--calib-images", "32", "--batch-size", "16"]

@@ -76,6 +76,10 @@ def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, mon
     # Results of other settings are never mixed in: other weights or another rounding are refused.
     with pytest.raises(ChipPruneError, match=r"other settings \(round_to 1 -> 8\)"):
         pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5], calibration=calib, round_to=8, progress=False)
+    with pytest.raises(ChipPruneError, match=r"criterion 'chip' -> 'l1'"):
+        pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5], calibration=calib, criterion="l1", progress=False)
+    assert json.loads((tmp_path / "baseline_latency.json").read_text())["latency_ms"] == summary["baseline"]["latency_ms"]
+    assert again["baseline"]["latency_ms"] == summary["baseline"]["latency_ms"]  # timed once per folder, like the levels
     with torch.no_grad():
         model.conv1.weight.mul_(1.01)
     with pytest.raises(ChipPruneError, match="other settings \\(the model's weights\\)"):

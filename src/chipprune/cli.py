@@ -50,7 +50,10 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ChipPruneError("--device cuda was asked for but no CUDA device is available")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ChipPruneError(f"unknown --device '{name}'; use auto, cpu, cuda or cuda:N") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -278,13 +281,14 @@ def cmd_pilot(args: argparse.Namespace) -> None:
     calibration = _calibration(args)
     if args.sensitivity:
         result = sensitivity(model, spec, args.data, out, ratios=args.sensitivity_ratios, calibration=calibration,
-                             max_drop=args.max_drop, device=device, progress=not args.quiet)
+                             max_drop=args.max_drop, criterion=args.criterion, device=device, progress=not args.quiet)
         print(f"\nsuggested plan ({len(result['suggested_plan'])} groups): {out}/suggested_plan.json "
               f"(use: chipprune prune --sparsity {out}/suggested_plan.json); chart: {out}/sensitivity.png")
         return
     summary = run_pilot(model, spec, args.data, out, levels=args.levels, calibration=calibration,
                         finetune_epochs=args.finetune_epochs, max_drop=args.max_drop, confidence=args.confidence,
-                        round_to=args.round_to, throughput_batch=args.throughput_batch, device=device, progress=not args.quiet)
+                        round_to=args.round_to, throughput_batch=args.throughput_batch, criterion=args.criterion, device=device,
+                        progress=not args.quiet)
     print()
     print(pilot_markdown(summary).split("![")[0].strip())
     rec = summary["recommended"]
@@ -441,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("chipprune: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Whoever read our output stopped (`chipprune models | head`): end quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         warnings.showwarning = saved_showwarning
         teardown_distributed()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ChipPruneError
+from .files import temporary_file_beside
 
 __all__ = ["export_onnx"]
 
@@ -34,7 +34,7 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: fl
     # Exported and checked on the CPU; a model on another device is copied, not moved.
     model = model.eval() if _on_cpu(model) else copy.deepcopy(model).cpu().eval()
     example = torch.randn(1, 3, image_size, image_size)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temporary_file_beside(path)
     os.close(fd)
     try:
         with torch.no_grad(), warnings.catch_warnings():

@@ -21,8 +21,11 @@ __all__ = ["atomic_write_bytes", "write_json", "read_json", "save_state_dict", "
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a half."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temporary_file_beside(path)
+    except OSError as exc:
+        raise ChipPruneError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -32,6 +35,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def temporary_file_beside(path: Path) -> tuple[int, str]:
+    """A new hidden file in ``path``'s folder (to be renamed onto ``path``), readable as the umask allows:
+    mkstemp's files are private (0600), which would hide the results from a user's team."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return fd, tmp
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -109,13 +109,19 @@ def _load_scores(path: Path, groups) -> dict[str, GroupScores] | None:
     return {k: GroupScores(k, v.double(), [], 0, float("nan")) for k, v in tensors.items()}
 
 
+def _load_json(path: Path) -> Any:
+    """What a previous run of this pilot saved at ``path``, or None (none, or unreadable: redone)."""
+    try:
+        return read_json(path) if path.is_file() else None
+    except ChipPruneError:
+        return None
+
+
 def _load_level(path: Path) -> LevelResult | None:
     """A level a previous run of this pilot finished, or None (none, or unreadable: measured again)."""
-    if not path.is_file():
-        return None
     try:
-        return LevelResult(**read_json(path))
-    except (ChipPruneError, TypeError):
+        return LevelResult(**_load_json(path)) if path.is_file() else None
+    except TypeError:
         return None
 
 
@@ -161,6 +167,7 @@ def run_pilot(
     confidence: float = 0.95,
     round_to: int = 1,
     throughput_batch: int = 64,
+    criterion: str = "chip",
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -185,15 +192,24 @@ def run_pilot(
         "data": source.description, "calibration_images": calibration.images, "calibration_batch_size": calibration.batch_size,
         "calibration_seed": calibration.seed, "calibration_augment": calibration.augment, "round_to": round_to,
         "finetune_epochs": finetune_epochs, "confidence": confidence, "throughput_batch": throughput_batch,
-        "device": str(torch.device(device)),
+        "criterion": criterion, "device": str(torch.device(device)),
     })
     base_flags = correct_flags(model, test_loader, device)
     base_top1 = 100 * float(base_flags.double().mean())
+    # The original's latency is timed once per pilot folder, like the levels': a resumed pilot
+    # compares the levels it reuses with the timing they were measured beside.
+    timing = _load_json(out / "baseline_latency.json")
+    if timing is None:
+        timing = {
+            "latency_ms": measure_latency(model, spec.image_size, 1, device=device, min_run_time=0.5).median_ms,
+            "throughput_ms": measure_latency(model, spec.image_size, throughput_batch, device=device, min_run_time=0.5).median_ms,
+        }
+        write_json(out / "baseline_latency.json", timing)
     base = {
         "params": count_params(model),
         "macs": count_macs(model, spec.image_size),
-        "latency_ms": measure_latency(model, spec.image_size, 1, device=device, min_run_time=0.5).median_ms,
-        "throughput_ms": measure_latency(model, spec.image_size, throughput_batch, device=device, min_run_time=0.5).median_ms,
+        "latency_ms": timing["latency_ms"],
+        "throughput_ms": timing["throughput_ms"],
         "throughput_batch": throughput_batch,
         "top1": base_top1,
         "top1_interval": wilson_interval(int(base_flags.sum()), base_flags.numel(), confidence),
@@ -203,7 +219,7 @@ def run_pilot(
     dg, groups, classifier = prunable_groups(model, spec)
     scores = _load_scores(out / "scores.safetensors", groups)
     if scores is None:  # scored once, reused by every level (and by a resumed pilot)
-        scores = score_groups(model, groups, calibration.loader(spec, source), device=device, progress=progress)
+        scores = score_groups(model, groups, calibration.loader(spec, source), criterion=criterion, device=device, progress=progress)
         save_tensors({k: v.scores for k, v in scores.items()}, out / "scores.safetensors")
 
     results: list[LevelResult] = []
@@ -238,6 +254,7 @@ def run_pilot(
     summary = {
         "model": spec.name,
         "data": source.description,
+        "criterion": criterion,
         "confidence": confidence,
         "max_drop": max_drop,
         "baseline": base,
@@ -288,7 +305,8 @@ def pilot_markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# Pilot: how far can {summary['model']} be compressed?",
         "",
-        f"Data: {summary['data']}; {b['test_images']} test images. Intervals at {conf:.0%} confidence.",
+        f"Data: {summary['data']}; {b['test_images']} test images. Channels ranked by {summary.get('criterion', 'chip').upper()}. "
+        f"Intervals at {conf:.0%} confidence.",
         "",
         f"| MACs (target) | params | MACs | latency b=1 | speed-up | latency b={tb} | speed-up | top-1 (%) | interval | drop (points) | drop up to |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -337,6 +355,7 @@ def sensitivity(
     ratios: list[float] = (0.3, 0.5, 0.7),
     calibration: Calibration | None = None,
     max_drop: float = 1.0,
+    criterion: str = "chip",
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -353,7 +372,7 @@ def sensitivity(
     model = model.to(device).eval()
     base_flags = correct_flags(model, test_loader, device)
     dg, groups, classifier = prunable_groups(model, spec)
-    scores = score_groups(model, groups, calibration.loader(spec, source), device=device, progress=progress)
+    scores = score_groups(model, groups, calibration.loader(spec, source), criterion=criterion, device=device, progress=progress)
     table: dict[str, dict[str, float]] = {}
     for g in groups:
         table[g.name] = {}

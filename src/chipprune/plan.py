@@ -78,10 +78,8 @@ class PlanEntry:
 
 
 def _group_of(groups: list[ChannelGroup], module: str) -> str:
-    for g in groups:
-        if module in g.members:
-            return g.name
-    raise ChipPruneError(f"layer '{module}' is not prunable in this model")
+    """The group that prunes ``module``; '' when none does (the layer, or one coupled with it, is ignored)."""
+    return next((g.name for g in groups if module in g.members), "")
 
 
 def paper_entries(spec: ModelSpec, groups: list[ChannelGroup], model: torch.nn.Module) -> list[PlanEntry]:
@@ -110,7 +108,7 @@ def paper_entries(spec: ModelSpec, groups: list[ChannelGroup], model: torch.nn.M
             entries.append(PlanEntry(f"{st} output (residual stream)", _group_of(groups, f"{st}.0.{last_conv}")))
         inner = ["conv1", "conv2"] if last_conv == "conv3" else ["conv1"]
         for b in blocks:
-            entries.append(PlanEntry(f"{b} inner convs", ",".join(_group_of(groups, f"{b}.{c}") for c in inner)))
+            entries.append(PlanEntry(f"{b} inner convs", ",".join(filter(None, (_group_of(groups, f"{b}.{c}") for c in inner)))))
         return entries
     raise ChipPruneError(
         f"no paper sparsity layout for model '{spec.name}'; give one ratio for all layers instead, e.g. --sparsity 0.3"
@@ -195,10 +193,13 @@ def make_plan(
         )
     plan: dict[str, float] = {g.name: 0.0 for g in groups}
     asked: dict[str, list[tuple[str, float]]] = {}
-    for entry, ratio in zip(entries, ratios):
-        for group in entry.group.split(","):
-            asked.setdefault(group, []).append((entry.label, ratio))
     notes = []
+    for entry, ratio in zip(entries, ratios):
+        if not entry.group:
+            notes.append(f"{entry.label}: not pruned (ignored)" if ratio > 0 else "")
+        for group in filter(None, entry.group.split(",")):
+            asked.setdefault(group, []).append((entry.label, ratio))
+    notes = [n for n in notes if n]
     for group, wishes in asked.items():
         nonzero = sorted({r for _, r in wishes if r > 0})
         if len(nonzero) > 1:

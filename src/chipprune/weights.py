@@ -37,12 +37,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            code = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), None)
+            if code is None:  # not code, just bytes the unpickler cannot read
+                raise ChipPruneError(f"cannot read weights file {path}: not a PyTorch file, or truncated or corrupt") from None
             raise ChipPruneError(
                 f"{path} is not a plain weights file: it needs pickled code to load, which chipprune "
-                f"never runs ({str(exc).splitlines()[0]}). Save a state_dict or safetensors instead."
+                f"never runs ({code.split(' was not')[0]}). Save a state_dict or safetensors instead."
             ) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise ChipPruneError(f"cannot read weights file {path} (truncated or corrupt?): {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
+            reason = str(exc) or type(exc).__name__
+            raise ChipPruneError(f"cannot read weights file {path}: not a PyTorch file, or truncated or corrupt ({reason})") from None
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

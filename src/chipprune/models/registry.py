@@ -152,7 +152,13 @@ def create_model(name: str, num_classes: int | None = None) -> nn.Module:
         raise ChipPruneError(f"the number of classes must be at least 1, got {num_classes}")
     spec = get_model_spec(name)
     kwargs = {} if num_classes is None or spec.family == "custom" else {"num_classes": num_classes}
-    model = spec.factory(**kwargs)
+    if spec.family == "custom":
+        try:
+            model = spec.factory()
+        except Exception as exc:  # noqa: BLE001 - the user's code, whatever it raises, gets one message
+            raise ChipPruneError(f"calling {name}() failed ({type(exc).__name__}: {exc}); it must build the model with no arguments") from None
+    else:
+        model = spec.factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ChipPruneError(f"the factory for '{name}' returned {type(model).__name__}, not an nn.Module")
     return model

@@ -53,6 +53,9 @@ CASES = [
     (["prune", "--target-macs", "0.0001"], "cannot be reached"),
     (["prune", "--target-macs", "2e9"], "the model has"),
     (["prune", "--target-macs", "0.5", "--sparsity", "0.3"], "not both"),
+    (["prune", "--target-macs", "1.5"], "give the fraction of the MACs to keep, in (0, 1)"),
+    (["prune", "--sparsity=-0.1"], "must lie in [0, 1); got -0.1"),
+    (["prune", "--sparsity="], "--sparsity is empty"),
     (["prune", "--ignore", "layer9.conv"], "--ignore names no layer"),
     # models and weights
     (["prune", "--model", "resnet5"], "unknown model 'resnet5'. Did you mean"),
@@ -116,7 +119,10 @@ def test_pruned_folder_whose_weights_disagree_with_its_description(tmp_path):
     record = json.loads((tmp_path / "pruning.json").read_text())
     record["groups"][1]["removed"] = record["groups"][1]["removed"][:-1]  # one channel fewer removed than saved
     (tmp_path / "pruning.json").write_text(json.dumps(record))
-    with pytest.raises(ChipPruneError, match=r"pruning.json and model.safetensors disagree.*layer1.0.conv1.weight: file \(8, 8, 3, 3\) vs model \(9"):
+    with pytest.raises(ChipPruneError, match=r"layer1.0.conv1.weight: file \(8, 8, 3, 3\) vs model \(9.*do not belong together"):
+        load_pruned(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(ChipPruneError, match="has no model.safetensors"):
         load_pruned(tmp_path)
 
 

@@ -99,6 +99,10 @@ def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(t
     assert all(torch.allclose(final[k], expected[k], atol=1e-6) for k in expected)
     history = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    # The interrupted epoch's training loss and accuracy cover all its steps, as in the uninterrupted run.
+    uninterrupted = json.loads((reference / "metrics.json").read_text())
+    for got, want in zip(history, uninterrupted):
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4) and got["train_top1"] == pytest.approx(want["train_top1"])
 
 
 def test_two_processes_under_torchrun_match_one_process(tmp_path):

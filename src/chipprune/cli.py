@@ -45,6 +45,10 @@ from .summary import plan_summary, prune_summary, score_summary
 DEFAULT_MODEL = "cifar_resnet56"
 
 
+_DEVICE_HELP = "auto (default), cpu, cuda, cuda:1, ..."
+_TRUST_HELP = "the folder's model, needed only when it is your own package.module:function (loading runs that code)"
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,7 +90,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "--criterion", default="chip", choices=list(CRITERIA_NAMES),
         help="chip (default), hrank (mean map rank), l1 (weight magnitude), random",
     )
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -328,7 +332,7 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
         p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
         p.add_argument("--out", default=None, help=out_help)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="auto")
+        p.add_argument("--device", default="auto", help=_DEVICE_HELP)
         p.add_argument("--quiet", action="store_true")
     p.add_argument("--recipe", default="chip-cifar", choices=sorted(RECIPES), help="hyper-parameter preset (default chip-cifar)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (the paper: 400 CIFAR, 180 ImageNet)")
@@ -346,7 +350,6 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
     p.add_argument("--limit-train-images", type=int, default=None, help="train on at most this many images (pilots)")
 
 
-_TRUST_HELP = "the folder's model, needed only when it is your own package.module:function (loading runs that code)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", action="store_true", help="measure latency of the original and the pruned model")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
     p.add_argument("--model", default=None, help=_TRUST_HELP)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_eval)
 

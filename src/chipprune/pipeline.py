@@ -201,7 +201,7 @@ def make_pruning_plan(
         if sparsity is not None:
             raise ChipPruneError("give either --sparsity or --target-macs, not both")
         return _plan_for_macs(model, spec, groups, target_macs, round_to)
-    sparsity = sparsity or PAPER_SPARSITY.get(spec.name)
+    sparsity = PAPER_SPARSITY.get(spec.name) if sparsity is None else sparsity
     if sparsity is None:
         raise ChipPruneError(f"no default sparsity for '{spec.name}'; pass one, e.g. --sparsity 0.3")
     ratios, notes = make_plan(sparsity, spec, groups, model)
@@ -219,6 +219,11 @@ def _plan_for_macs(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup]
     """
     base = count_macs(model, spec.image_size)
     goal = target * base if target <= 1 else target
+    if 1 < target < 1000:  # neither a fraction nor a plausible count of MACs
+        raise ChipPruneError(
+            f"--target-macs {target:g}: give the fraction of the MACs to keep, in (0, 1) (e.g. 0.5), or a count of MACs "
+            f"(the model has {base:,})"
+        )
     if not 0 < goal < base:
         raise ChipPruneError(
             f"--target-macs {target} asks for {goal:,.0f} MACs; the model has {base:,} (give a fraction in (0, 1) or fewer MACs)"
@@ -582,8 +587,9 @@ def load_pruned(folder: str | Path, device: torch.device | str = "cpu", *, model
         if g["group"] not in modules:
             raise ChipPruneError(f"{folder / 'pruning.json'} names layer '{g['group']}', which {spec.name} does not have")
         prune_group(dg, net, g["group"], g["removed"])
-    try:
-        load_weights(net, folder / "model.safetensors")
-    except ChipPruneError as exc:
-        raise ChipPruneError(f"pruned folder {folder}: pruning.json and model.safetensors disagree: {exc}") from None
+    if not (folder / "model.safetensors").is_file():
+        raise ChipPruneError(f"pruned folder {folder} has no model.safetensors")
+    # The folder's two files were written together; a mismatch means one of them was changed or damaged.
+    load_weights(net, folder / "model.safetensors",
+                 advice="pruning.json and model.safetensors do not belong together: was one of them replaced or damaged?")
     return net.to(device).eval()

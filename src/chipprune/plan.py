@@ -174,6 +174,10 @@ def make_plan(
     entry prunes the same channels: the official code pruned them apart and misaligned the sum).
     """
     text = sparsity.strip()
+    if not text:
+        raise ChipPruneError("--sparsity is empty; give a ratio (0.3), a paper string or a plan file, or leave it out for the default")
+    if re.fullmatch(r"\s*-" + _NUMBER, text):
+        raise ChipPruneError(f"a pruning ratio must lie in [0, 1); got {text}")
     if text.endswith((".json", ".yaml", ".yml")):
         path = Path(text)
         if not path.is_file():

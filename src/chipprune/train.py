@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -127,6 +128,11 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
     if recipe.batch_size % dist_info.world_size:
         raise ChipPruneError(f"batch size {recipe.batch_size} must be divisible by the {dist_info.world_size} processes")
     per_rank_batch = recipe.batch_size // dist_info.world_size
+    if 0 < recipe.epochs <= recipe.warmup_epochs and dist_info.is_main:
+        warnings.warn(
+            f"the {recipe.name} recipe warms up for {recipe.warmup_epochs:g} epochs, and only {recipe.epochs} were asked for: "
+            "the learning rate never reaches its peak; set --warmup-epochs below --epochs"
+        )
 
     train_aug = source.split("train", make_transform(spec, True, source.image_size))
     train_plain = source.split("train", make_transform(spec, False, source.image_size))
@@ -175,7 +181,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and config.amp_dtype == "fp16" and device.type == "cuda")
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
 
-    start_epoch, start_step, history = 0, 0, []
+    start_epoch, start_step, history, resumed_sums = 0, 0, [], None
     best = {"val_top1": -1.0, "epoch": -1}
     ckpt_path = out / "checkpoint.pt"
     # What a checkpoint is only valid with: another schedule length, seed, split or precision would
@@ -191,15 +197,17 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, start_step, history, best = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["history"], ckpt["best"]
+        resumed_sums = ckpt.get("epoch_sums")
         if dist_info.is_main:
             print(f"resuming from {ckpt_path}: epoch {start_epoch + 1}, step {start_step}")
     elif config.resume and dist_info.is_main:
         print(f"no checkpoint at {ckpt_path}; starting from the beginning")
 
-    def save_checkpoint(epoch: int, step_in_epoch: int) -> None:
+    def save_checkpoint(epoch: int, step_in_epoch: int, epoch_sums: torch.Tensor | None = None) -> None:
         if not dist_info.is_main:
             return
         state = {
+            "epoch_sums": epoch_sums if epoch_sums is not None else torch.zeros(3, dtype=torch.float64),
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -224,6 +232,8 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
         loader = DataLoader(train_subset, batch_size=per_rank_batch, sampler=_FromPosition(sampler, first * per_rank_batch), drop_last=True)
         net.train()
         sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+        if first and dist_info.is_main and resumed_sums is not None:
+            sums += resumed_sums  # the steps of this epoch before the interruption (all processes')
         iterator = iter(loader)
         bar = tqdm(range(first, steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", disable=not (config.progress and dist_info.is_main), unit="step")
         t_epoch = time.perf_counter()
@@ -244,7 +254,8 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             sums += torch.tensor([loss.item() * y.numel(), (logits.argmax(1) == y).sum().item(), y.numel()], dtype=torch.float64)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if config.checkpoint_every_steps and (epoch * steps_per_epoch + step + 1) % config.checkpoint_every_steps == 0:
-                save_checkpoint(epoch, step + 1)
+                # The epoch's training loss and accuracy so far, over all processes, survive a resume too.
+                save_checkpoint(epoch, step + 1, all_reduce_sum(sums.to(device)).cpu())
         sums = all_reduce_sum(sums.to(device)).cpu()
         row = {
             "epoch": epoch + 1,

@@ -56,8 +56,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load ``path`` into ``model`` strictly; a mismatch names the first differing tensors."""
+def load_weights(model: nn.Module, path: str | Path, *, advice: str = "Check that --model names the architecture the weights were trained for.") -> nn.Module:
+    """Load ``path`` into ``model`` strictly; a mismatch names the first differing tensors, then ``advice``."""
     state = read_state_dict(path)
     own = model.state_dict()
     # Checkpoints from PyTorch < 0.4.1 lack BatchNorm's step counter; it does not affect outputs.
@@ -80,8 +80,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         if unexpected:
             parts.append("unexpected " + ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else ""))
         raise ChipPruneError(
-            f"weights in {path} do not fit this model ({'; '.join(parts)}). "
-            "Check that --model names the architecture the weights were trained for."
+            f"weights in {path} do not fit this model ({'; '.join(parts)}). {advice}"
         )
     # safetensors keeps no per-module version metadata; some modules (torchvision's MNASNet) need it.
     state = OrderedDict(state)

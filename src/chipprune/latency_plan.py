@@ -151,7 +151,7 @@ def plan_for_latency(
     predicted = predictor.predict(keep)
     plan = LatencyPlan(dict(keep), predicted, predictor.original, target, 0.0)
     # Progress is the way from the original latency down to the target; layers are timed on the way.
-    bar = tqdm(total=100, desc="latency plan", unit="%", disable=not progress, leave=False, bar_format="{l_bar}{bar}| {n:.0f}/100% [{elapsed}]")
+    bar = tqdm(total=100, desc="latency plan", unit="%", disable=not progress, leave=False, bar_format="{desc}: {bar}| {n:.0f}% [{elapsed}]")
     while predicted > target:
         best = _best_move(prunable, keep, widths, mass, predictor, window)
         if best is None:  # nothing in the windows saves time: look at every smaller width

@@ -33,6 +33,10 @@ def _files(tmp):
     for split in ("train", "test"):
         (bad / split / "a").mkdir(parents=True)
         (bad / split / "a" / "0.png").write_bytes(b"not a png")
+    for split in ("train", "test"):  # eleven classes, for ten-class models
+        for c in range(11):
+            (tmp / "eleven" / split / f"c{c:02d}").mkdir(parents=True)
+            Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp / "eleven" / split / f"c{c:02d}" / "0.png")
     grey = tmp / "grey"
     for split in ("train", "test"):
         (grey / split / "a").mkdir(parents=True)
@@ -82,6 +86,8 @@ CASES = [
     (["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", "{tmp}/badimages"], "cannot read image"),
     (["prune", "--calib-images", "1000", "--require-calib-images"], "1000 calibration images asked for"),
     (["prune", "--calib-images", "0"], "must be positive"),
+    (["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", "{tmp}/eleven",
+      "--calib-images", "4", "--batch-size", "4"], "class labels up to 10, but the model predicts 10 classes"),
     # other commands
     (["eval", "{tmp}/empty"], "file not found"),
     (["finetune", "{tmp}/empty"], "file not found"),

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from .distributed import all_reduce_sum
+from .errors import ChipPruneError
 
 __all__ = ["count_params", "count_macs", "evaluate", "correct_flags", "recalibrate_batchnorm"]
 
@@ -32,6 +33,16 @@ def device_of(model: nn.Module) -> torch.device:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed precision on CUDA in ``dtype``; a no-op on other devices or when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None and device.type == "cuda")
+
+
+def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    """Refuse labels the model cannot predict (data with more classes than the model's outputs)."""
+    top = int(labels.max()) if labels.numel() else -1
+    if top >= logits.shape[1]:
+        raise ChipPruneError(
+            f"the data has class labels up to {top}, but the model predicts {logits.shape[1]} classes; "
+            "give --num-classes (and weights trained for them) or data with the model's classes"
+        )
 
 
 def count_macs(model: nn.Module, image_size: int, channels: int = 3) -> int:
@@ -63,6 +74,7 @@ def evaluate(
         for x, y in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
             logits = model(x.to(device)).float()
             y = y.to(device)
+            check_labels(logits, y)
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             counts += torch.tensor(
                 [(top[:, 0] == y).sum().item(), (top == y[:, None]).any(dim=1).sum().item(), y.numel()], dtype=torch.float64
@@ -81,7 +93,9 @@ def correct_flags(
     flags = []
     with torch.inference_mode():
         for x, y in batches:
-            flags.append((model(x.to(device)).argmax(1).cpu() == y).cpu())
+            logits = model(x.to(device))
+            check_labels(logits, y)
+            flags.append(logits.argmax(1).cpu() == y)
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
 
 

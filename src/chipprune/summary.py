@@ -98,10 +98,14 @@ def stability_warnings(rhos: dict[str, float | None]) -> list[str]:
 def plan_summary(model: str, groups: list, plan: Any, params_before: int, macs_before: int) -> str:
     """The --dry-run table: channels per group, then params and MACs before and after."""
     lines = [f"chipprune plan for {model}: {plan.description}" + (f", widths rounded to {plan.round_to}" if plan.round_to > 1 else ""), ""]
-    lines.append(f"{'group':40}{'members':>8}{'ratio':>8}{'channels':>16}")
+    lines.append(f"{'group':40}{'members':>8}{'asked':>8}{'removed':>9}{'channels':>16}")
     for g in groups:
         keep = plan.keep[g.name]
-        lines.append(f"{g.name:40}{len(g.members):>8}{plan.ratios.get(g.name, 0.0):>8.3f}{f'{g.channels} -> {keep}':>16}")
+        # The count rule and --round-to make the removed fraction differ from the asked ratio.
+        lines.append(
+            f"{g.name:40}{len(g.members):>8}{plan.ratios.get(g.name, 0.0):>8.3f}{1 - keep / g.channels:>9.3f}"
+            f"{f'{g.channels} -> {keep}':>16}"
+        )
     lines += [
         "",
         f"{'':14}{'before':>16}{'after':>16}{'change':>10}",

@@ -30,7 +30,7 @@ from .data import DataSource, SeededAugmentation, make_transform
 from .distributed import Dist, all_reduce_sum, broadcast_module
 from .errors import ChipPruneError
 from .files import atomic_write_bytes, save_state_dict, write_json
-from .metrics import autocast, evaluate
+from .metrics import autocast, check_labels, evaluate
 from .models.registry import ModelSpec
 
 __all__ = ["Recipe", "RECIPES", "TrainConfig", "build_scheduler", "fit", "read_checkpoint"]
@@ -245,6 +245,8 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, _amp_dtype(config)):
                 logits = net(x)
+                if step == first and epoch == start_epoch:
+                    check_labels(logits, y)
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

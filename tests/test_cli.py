@@ -55,6 +55,22 @@ def test_ignored_layers_work_with_a_paper_string(capsys):
     assert "note: layer1.0 inner conv: not pruned (ignored)" in out and "layer1.0.conv1 " not in out
 
 
+def test_eval_defaults_to_the_data_the_folder_was_pruned_with(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in range(10):
+            (tmp_path / "data" / split / f"c{c}").mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), 20 * c, dtype=np.uint8)).save(tmp_path / "data" / split / f"c{c}" / "0.png")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", str(tmp_path / "data"),
+                 "--calib-images", "8", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--quiet"]) == 0
+    assert "on 10 test images of" in capsys.readouterr().out  # not the bundled sample's 1000
+
+
 def test_score_writes_scores(tmp_path, capsys):
     out = tmp_path / "s.safetensors"
     args = ["score", "--model", "cifar_resnet20", "--weights", "none", "--calib-images", "32", "--batch-size", "16"]

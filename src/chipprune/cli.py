@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .data import BUNDLED
+from .data import BUNDLED, open_data
 from .errors import ChipPruneError
-from .files import save_tensors, write_json
+from .files import read_json, save_tensors, write_json
 from .models.registry import get_model_spec, list_models
 from .criteria import CRITERIA_NAMES
-from .data import open_data
 from .export import export_onnx
 from .distributed import barrier, setup_distributed, teardown_distributed
 from .finetuning import finetune, train_from_scratch
@@ -46,7 +45,19 @@ DEFAULT_MODEL = "cifar_resnet56"
 
 
 _DEVICE_HELP = "auto (default), cpu, cuda, cuda:1, ..."
+_FOLDER_DATA_HELP = "data root (default: the data the folder was made with, as its report.json records; else the bundled sample)"
 _TRUST_HELP = "the folder's model, needed only when it is your own package.module:function (loading runs that code)"
+
+
+def _folder_data(folder: str | Path, data: str | None) -> str:
+    """``data`` when given, else the data ``folder``'s run recorded (if it is still there), else the bundled sample."""
+    if data is not None:
+        return data
+    report = Path(folder) / "report.json"
+    recorded = read_json(report).get("data_path") if report.is_file() else None
+    if recorded and (recorded == BUNDLED or Path(recorded).exists()):
+        return recorded
+    return BUNDLED
 
 
 def _device(name: str) -> torch.device:
@@ -188,7 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     params, macs = count_params(model), count_macs(model, spec.image_size)
     print(f"{record['model']} (pruned, {args.folder}): params {params:,}, MACs {macs:,}")
     if not args.no_accuracy:
-        source = open_data(args.data)
+        source = open_data(_folder_data(args.folder, args.data))
         acc = evaluate(model, source.test_loader(spec), device, progress=not args.quiet)
         print(f"top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['images']} test images of {source.description}")
     if args.latency:
@@ -251,7 +262,8 @@ def _print_training(report: dict | None, out: Path) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.folder) / "finetuned"
-    report = finetune(args.folder, args.data, _train_config(args, out), _device(args.device), model=args.model)
+    report = finetune(args.folder, _folder_data(args.folder, args.data), _train_config(args, out), _device(args.device),
+                      model=args.model)
     _print_training(report, out)
 
 
@@ -327,9 +339,10 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", "-v", action="store_true", help="print channels kept per group")
 
 
-def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_help: str = "") -> None:
+def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_help: str = "",
+                    data_help: str = "data root (default: bundled sample)") -> None:
     if standalone:  # 'run' gets these from the scoring options
-        p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
+        p.add_argument("--data", default=None, help=data_help)
         p.add_argument("--out", default=None, help=out_help)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", help=_DEVICE_HELP)
@@ -376,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune", help="fine-tune a pruned folder (the paper's recipe; resumable; torchrun for DDP)")
     p.add_argument("folder", help="folder written by 'chipprune prune'")
     p.add_argument("--model", default=None, help=_TRUST_HELP)
-    _add_train_args(p, out_help="output folder (default FOLDER/finetuned)")
+    _add_train_args(p, out_help="output folder (default FOLDER/finetuned)", data_help=_FOLDER_DATA_HELP)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("train", help="train a model from scratch (a baseline for models without weights)")
@@ -407,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a pruned folder: accuracy, and latency against the original")
     p.add_argument("folder", help="folder written by 'chipprune prune'")
-    p.add_argument("--data", default=BUNDLED, help="data root (default: bundled sample)")
+    p.add_argument("--data", default=None, help=_FOLDER_DATA_HELP)
     p.add_argument("--no-accuracy", action="store_true", help="skip the test-set evaluation")
     p.add_argument("--latency", action="store_true", help="measure latency of the original and the pruned model")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")

@@ -165,6 +165,11 @@ def _image_folder(root: Path) -> DataSource:
     return DataSource(f"ImageFolder {root}", build, None)
 
 
+def data_location(path: str | Path | None) -> str:
+    """How a run records its data, so that later commands can default to it: 'bundled' or an absolute path."""
+    return BUNDLED if path is None or str(path) == BUNDLED else str(Path(path).resolve())
+
+
 def open_data(path: str | Path | None) -> DataSource:
     """Recognise what ``path`` holds and return a DataSource for it (``None``/"bundled": the sample)."""
     if path is None or str(path) == BUNDLED:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .data import open_data
+from .data import data_location, open_data
 from .distributed import setup_distributed
 from .files import read_json, write_json
 from .latency import measure_latency
@@ -51,6 +51,7 @@ def finetune(
     model = model.eval()
     report: dict[str, Any] = {
         "model": spec.name,
+        "data_path": data_location(data),
         "criterion": record.get("criterion"),
         "sparsity": record.get("sparsity"),
         "params_before": count_params(original),

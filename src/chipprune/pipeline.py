@@ -27,7 +27,7 @@ from .criteria import needs_images, score_with
 from .latency import measure_latency
 from .latency_plan import BlendedLatency, parse_latency_target, plan_for_latency
 from .latency_table import LatencyModel, LatencyTable
-from .data import DataSource, SeededAugmentation, make_loader, make_transform, open_data
+from .data import DataSource, SeededAugmentation, data_location, make_loader, make_transform, open_data
 from .distributed import world
 from .errors import ChipPruneError
 from .files import read_json, save_state_dict, write_json
@@ -437,6 +437,7 @@ def prune(
     test_source = None if evaluate_on is False else (source if evaluate_on is True else open_data(evaluate_on))
     report: dict[str, Any] = {"model": spec.name, "criterion": criterion, "sparsity": plan.description if plan else None}
     report["data"] = source.description if source is not None else None
+    report["data_path"] = data_location(calibration.data) if source is not None else None
     report["params_before"] = count_params(model)
     report["macs_before"] = count_macs(model, spec.image_size)
     test_loader = None

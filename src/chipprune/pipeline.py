@@ -255,13 +255,38 @@ def _plan_for_macs(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup]
         if abs(trial.macs - goal) <= 0.005 * goal or hi - lo < 1e-5:
             break
         lo, hi = (mid, hi) if trial.macs > goal else (lo, mid)
+    if abs(best.macs - goal) > 0.01 * goal:
+        best = _nudge_towards(model, spec, groups, best, goal, round_to)
     best.notes.append(f"{best.macs:,} MACs = {best.macs / base:.1%} of {base:,} (target {goal / base:.1%})")
     if abs(best.macs - goal) > 0.01 * goal:
+        step = f"{round_to} channels (--round-to)" if round_to > 1 else "one channel"
         best.notes.append(
-            f"the closest reachable MACs differ from the target by {abs(best.macs - goal) / goal:.1%}: "
-            "removing one more channel of some group changes MACs by more than 1%"
+            f"the closest plan found has {best.macs / base:.1%} of the MACs against {goal / base:.1%} asked: "
+            f"widths move in steps of {step}, and a step of some group moves the MACs by more than the 1% tolerance"
         )
     return best
+
+
+def _nudge_towards(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup], plan: Plan, goal: float, round_to: int) -> Plan:
+    """Move single groups one width step towards ``goal`` when one level for all groups lands too far
+    from it (wide --round-to steps): each group's step is measured alone, the steps that bring the
+    MACs closest are combined, and the result is kept if it is really closer."""
+    direction = 1 if plan.macs < goal else -1
+    deltas = {}
+    for g in groups:
+        step = round_to * g.channel_groups
+        moved = plan.keep[g.name] + direction * step
+        if g.channels // g.channel_groups > round_to and step <= moved <= g.channels:
+            deltas[g.name] = (moved, _size_after(model, spec, groups, {**plan.keep, g.name: moved})[1] - plan.macs)
+    keep, missing = dict(plan.keep), goal - plan.macs
+    for name, (moved, delta) in sorted(deltas.items(), key=lambda item: -abs(item[1][1])):
+        if abs(missing - delta) < abs(missing):
+            keep[name], missing = moved, missing - delta
+    params, macs = _size_after(model, spec, groups, keep)
+    if abs(macs - goal) >= abs(plan.macs - goal):
+        return plan
+    ratios = {g.name: 1 - keep[g.name] / g.channels for g in groups}
+    return Plan(ratios, keep, plan.description, round_to, [], params, macs)
 
 
 def make_latency_plan(

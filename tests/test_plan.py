@@ -50,6 +50,16 @@ def test_single_ratio_applies_to_every_group():
         make_plan("1.5", spec, groups, model)
 
 
+def test_a_plan_file_naming_one_layer_of_a_coupled_group_says_the_group_follows(tmp_path):
+    model, spec, groups = _groups("cifar_resnet20")
+    (tmp_path / "plan.json").write_text('{"layer2.1.conv2": 0.25, "layer1.*.conv1": 0.5}')
+    plan, notes = make_plan(str(tmp_path / "plan.json"), spec, groups, model)
+    stream = next(g for g in groups if "layer2.1.conv2" in g.members)
+    assert plan[stream.name] == 0.25 and plan["layer1.0.conv1"] == 0.5
+    assert notes == [f"'layer2.1.conv2' shares its channels with {len(stream.members) - 1} more layer(s) "
+                     f"(group '{stream.name}'): all of them are pruned at 0.25"]
+
+
 def test_vgg_paper_plan():
     model, spec, groups = _groups("cifar_vgg16_bn")
     plan, _ = make_plan("[0.21]*7+[0.75]*5", spec, groups, model)

@@ -162,6 +162,20 @@ def plan_from_patterns(patterns: dict[str, float], groups: list[ChannelGroup], s
     return plan
 
 
+def _coupling_notes(patterns: dict[str, float], groups: list[ChannelGroup]) -> list[str]:
+    """Say when a pattern names only some of the layers that share channels: all of them follow it."""
+    notes = []
+    for pattern, ratio in patterns.items():
+        for g in groups:
+            matched = [m for m in g.members if fnmatch.fnmatchcase(m, pattern)]
+            if matched and ratio > 0 and len(matched) < len(g.members):
+                notes.append(
+                    f"'{pattern}' shares its channels with {len(g.members) - len(matched)} more layer(s) "
+                    f"(group '{g.name}'): all of them are pruned at {ratio}"
+                )
+    return notes
+
+
 def make_plan(
     sparsity: str, spec: ModelSpec, groups: list[ChannelGroup], model: torch.nn.Module
 ) -> tuple[dict[str, float], list[str]]:
@@ -182,7 +196,8 @@ def make_plan(
         path = Path(text)
         if not path.is_file():
             raise ChipPruneError(f"plan file not found: {path}")
-        return plan_from_patterns(_read_plan_file(path), groups, str(path)), []
+        patterns = _read_plan_file(path)
+        return plan_from_patterns(patterns, groups, str(path)), _coupling_notes(patterns, groups)
     if re.fullmatch(_NUMBER, text):
         ratio = float(text)
         if not 0.0 <= ratio < 1.0:

@@ -300,3 +300,23 @@ def test_eval_times_onnx_runtime_when_the_export_exists(tmp_path, capsys):
     assert main(["eval", str(out), "--no-accuracy", "--latency", "--batch-sizes", "1", "--quiet"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("pytorch eager", "onnxruntime"))]
     assert [r.split()[0] for r in rows] == ["pytorch", "onnxruntime"]
+
+
+def test_compare_latency_alternates_rounds_and_flags_a_moving_load():
+    from chipprune.latency import Latency, compare_latency
+
+    calls = []
+    load = iter([1.0, 1.0, 3.0, 3.0, 1.0, 1.0])  # the machine is three times slower during round 2
+
+    def fake(form, image_size, batch, *, device, min_run_time):
+        calls.append(form)
+        ms = {"original": 10.0, "pruned": 5.0}[form] * next(load)
+        return Latency(batch, ms, 0.0, 1, "cpu")
+
+    c = compare_latency(fake, "original", "pruned", 32, 1)
+    assert calls == ["original", "pruned", "pruned", "original", "original", "pruned"]  # each round flips the order
+    assert c.speedup == c.speedup_low == c.speedup_high == 2.0 and not c.unsteady  # a load hitting both alike cancels
+    skew = iter([1.0, 1.0, 1.0, 2.0, 1.0, 1.0])  # only the original slowed down in round 2
+    c = compare_latency(lambda f, *a, **k: Latency(1, {"original": 10.0, "pruned": 5.0}[f] * next(skew), 0.0, 1, "cpu"),
+                        "original", "pruned", 32, 1)
+    assert c.speedup == 2.0 and c.speedup_high == 4.0 and c.unsteady

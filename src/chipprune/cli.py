@@ -22,7 +22,7 @@ from .export import export_onnx
 from .distributed import barrier, setup_distributed, teardown_distributed
 from .finetuning import finetune, train_from_scratch
 from .train import RECIPES, TrainConfig, recipe_with
-from .latency import measure_latency, measure_onnx_latency
+from .latency import compare_latency, measure_latency, measure_onnx_latency
 from .metrics import count_macs, count_params, evaluate
 from .models.registry import create_model
 from .pilot import pilot_markdown, run_pilot, sensitivity
@@ -206,7 +206,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         original = create_model(spec.name, record.get("num_classes"))
         base_macs = count_macs(original, spec.image_size)
         print(f"\nlatency on {device} ({torch.get_num_threads()} threads), {spec.image_size}x{spec.image_size} images:")
-        print(f"{'runtime':14}{'batch':>6}{'original ms':>16}{'pruned ms':>16}{'speed-up':>10}{'MAC reduction':>15}")
+        print(f"{'runtime':14}{'batch':>6}{'original ms':>13}{'pruned ms':>11}{'speed-up':>10}{'(rounds)':>14}{'MAC reduction':>15}")
+        unsteady = False
         onnx_file = Path(args.folder) / "model.onnx"
         with tempfile.TemporaryDirectory() as tmp:
             # Per runtime, what is timed for the original and for the pruned model.
@@ -216,14 +217,17 @@ def cmd_eval(args: argparse.Namespace) -> None:
                 runtimes.append(("onnxruntime", measure_onnx_latency, str(Path(tmp) / "original.onnx"), str(onnx_file)))
             for runtime, measure, original_form, pruned_form in runtimes:
                 for batch in args.batch_sizes:
-                    before = measure(original_form, spec.image_size, batch, device=device)
-                    after = measure(pruned_form, spec.image_size, batch, device=device)
+                    c = compare_latency(measure, original_form, pruned_form, spec.image_size, batch, device=device)
+                    unsteady = unsteady or c.unsteady
                     print(
-                        f"{runtime:14}{batch:>6}{before.median_ms:>10.2f} ±{before.iqr_ms:<5.2f}{after.median_ms:>10.2f} ±{after.iqr_ms:<5.2f}"
-                        f"{before.median_ms / after.median_ms:>9.2f}x{base_macs / macs:>14.2f}x"
+                        f"{runtime:14}{batch:>6}{c.before_ms:>13.2f}{c.after_ms:>11.2f}{c.speedup:>9.2f}x"
+                        f"{f'{c.speedup_low:.2f}-{c.speedup_high:.2f}x':>14}{base_macs / macs:>14.2f}x"
                     )
-        print("(median over repeated runs after warm-up, ± interquartile range; the original has the same architecture, random weights"
+        print("(medians over 3 rounds that alternate the two models, after warm-up; the original has the same architecture, random weights"
               + ("" if onnx_file.is_file() else f"; run 'chipprune export {args.folder}' to time ONNX Runtime too") + ")")
+        if unsteady:
+            warnings.warn("the speed-up changed by more than 25% between rounds: the machine's load moved while timing; "
+                          "rerun on an idle machine before relying on these figures")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

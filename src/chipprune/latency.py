@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import logging
+import statistics
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from .errors import ChipPruneError
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
-__all__ = ["Latency", "time_call", "measure_latency", "measure_onnx_latency"]
+__all__ = ["Latency", "Comparison", "time_call", "measure_latency", "measure_onnx_latency", "compare_latency"]
 
 
 @dataclass
@@ -75,3 +76,35 @@ def measure_onnx_latency(
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)}
     label = f"onnxruntime {providers[0].removesuffix('ExecutionProvider')}"
     return time_call(lambda: session.run(None, feed), batch_size, label, min_run_time=min_run_time)
+
+
+@dataclass
+class Comparison:
+    """Original against pruned, timed in alternating rounds; medians over the rounds."""
+
+    before_ms: float
+    after_ms: float
+    speedup: float
+    speedup_low: float  # the slowest and fastest round's speed-up: how much the machine's load moved
+    speedup_high: float
+
+    @property
+    def unsteady(self) -> bool:
+        """The rounds disagree by more than 25%: the load on the machine changed while timing."""
+        return self.speedup_high > 1.25 * self.speedup_low
+
+
+def compare_latency(
+    measure: Callable[..., Latency], original: object, pruned: object, image_size: int, batch_size: int, *,
+    device: torch.device | str = "cpu", rounds: int = 3, min_run_time: float = 0.4,
+) -> Comparison:
+    """Time ``original`` and ``pruned`` (models, or ONNX files with ``measure_onnx_latency``) in
+    alternating rounds, so that a change in the machine's load hits both alike; the speed-up is
+    the median over rounds of the per-round ratio."""
+    before, after, ratios = [], [], []
+    for r in range(rounds):
+        pair = [(original, before), (pruned, after)]
+        for form, times in pair if r % 2 == 0 else pair[::-1]:
+            times.append(measure(form, image_size, batch_size, device=device, min_run_time=min_run_time).median_ms)
+        ratios.append(before[-1] / after[-1])
+    return Comparison(statistics.median(before), statistics.median(after), statistics.median(ratios), min(ratios), max(ratios))

@@ -90,6 +90,7 @@ CASES = [
       "--calib-images", "4", "--batch-size", "4"], "class labels up to 10, but the model predicts 10 classes"),
     # other commands
     (["eval", "{tmp}/empty"], "file not found"),
+    (["eval", "{tmp}/nowhere"], "no such folder"),
     (["finetune", "{tmp}/empty"], "file not found"),
     (["prune", "--device", "cuda"] if not torch.cuda.is_available() else ["prune", "--model", "x"], "cuda" if not torch.cuda.is_available() else "unknown"),
 ]

@@ -167,7 +167,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
             plan = make_latency_plan(model, spec, groups, scores, args.target_latency, batch_sizes=args.latency_batch,
                                      table=args.latency_table, max_shared_ratio=args.max_shared_ratio, device=device,
                                      progress=not args.quiet)
-        print(plan_summary(spec.name, groups, plan, count_params(model), count_macs(model, spec.image_size)))
+        print(plan_summary(spec.name, groups, plan, count_params(model), count_macs(model, spec.image_size), spec.image_size))
         return
     result = prune(
         model,

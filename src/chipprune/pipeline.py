@@ -409,7 +409,7 @@ def prune_model(
                 "channels_after": len(keep),
                 "removed": remove,
                 "scored_maps": scores[g.name].maps,
-                "split_half_spearman": round(scores[g.name].split_half_spearman, 4),
+                "split_half_spearman": round(scores[g.name].split_half_spearman, 6),
             }
         )
     record = pruning_record(model, spec, records, criterion=criterion, sparsity=plan.description, classifier=classifier,
@@ -578,6 +578,8 @@ def read_pruned_record(folder: str | Path, model: str | None = None) -> tuple[di
     folder from elsewhere cannot run code by itself. Registry models need no ``model``.
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise ChipPruneError(f"no such folder: {folder}")
     record = read_json(folder / "pruning.json")
     where = folder / "pruning.json"
     if not isinstance(record, dict) or record.get("format") != PRUNED_FORMAT:

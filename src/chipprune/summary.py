@@ -90,13 +90,13 @@ def stability_warnings(rhos: dict[str, float | None]) -> list[str]:
         return []
     return [
         f"warning: {len(unstable)} group(s) rank their channels differently on two halves of the calibration "
-        f"images (Spearman < {UNSTABLE_BELOW}): {', '.join(unstable[:5])}{' ...' if len(unstable) > 5 else ''}. "
+        f"images (Spearman < {UNSTABLE_BELOW}): {', '.join(unstable[:5])}{f' and {len(unstable) - 5} more' if len(unstable) > 5 else ''}. "
         "More calibration images (--calib-images) would make their pruning choice more reliable."
     ]
 
 
-def plan_summary(model: str, groups: list, plan: Any, params_before: int, macs_before: int) -> str:
-    """The --dry-run table: channels per group, then params and MACs before and after."""
+def plan_summary(model: str, groups: list, plan: Any, params_before: int, macs_before: int, image_size: int) -> str:
+    """The --dry-run table: channels per group, then params and MACs (per image_size x image_size image) before and after."""
     lines = [f"chipprune plan for {model}: {plan.description}" + (f", widths rounded to {plan.round_to}" if plan.round_to > 1 else ""), ""]
     lines.append(f"{'group':40}{'members':>8}{'asked':>8}{'removed':>9}{'channels':>16}")
     for g in groups:
@@ -110,7 +110,7 @@ def plan_summary(model: str, groups: list, plan: Any, params_before: int, macs_b
         "",
         f"{'':14}{'before':>16}{'after':>16}{'change':>10}",
         f"{'params':14}{params_before:>16,}{plan.params:>16,}{change(params_before, plan.params):>10}",
-        f"{'MACs':14}{macs_before:>16,}{plan.macs:>16,}{change(macs_before, plan.macs):>10}",
+        f"{'MACs':14}{macs_before:>16,}{plan.macs:>16,}{change(macs_before, plan.macs):>10}  (one {image_size}x{image_size} image)",
     ]
     for batch, lat in plan.latency.items():
         lines.append(f"{'ms, batch ' + batch:14}{lat['original_ms']:>16.2f}{lat['predicted_ms']:>16.2f}"

@@ -77,6 +77,7 @@ CASES = [
     (["score", "--model", "cifar_resnet20", "--weights", "none", "--calib-images", "8", "--batch-size", "8",
       "--out", "{tmp}/text.pth/s.safetensors"], "cannot write"),
     (["prune", "--model", "cifar_resnet20"], "no weights ship with 'cifar_resnet20'"),
+    (["train", "--model", "cifar_resnet20", "--weights", "bundled"], "no weights ship with 'cifar_resnet20'"),  # not random ones
     (["prune", "--image-size", "0"], "image size must be a positive number of pixels"),
     (["prune", "--num-classes", "-1"], "number of classes must be at least 1"),
     (["pilot", "--confidence", "1.5", "--out", "{tmp}/pilot"], "confidence must lie in (0, 1)"),

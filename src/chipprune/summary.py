@@ -54,10 +54,10 @@ def prune_summary(report: dict[str, Any], record: dict[str, Any], folder: str | 
         lines.append(f"note: {note}")
     lines.extend(stability_warnings({g["group"]: g.get("split_half_spearman") for g in record["groups"]}))
     if verbose:
-        lines += ["", f"{'group':28}{'members':>8}{'ratio':>7}{'channels':>14}{'split-half rho':>16}"]
+        lines += ["", f"{'group':28}{'members':>8}{'removed':>9}{'channels':>14}{'split-half rho':>16}"]
         for g in record["groups"]:
             lines.append(
-                f"{g['group']:28}{len(g['members']):>8}{g['ratio']:>7.2f}"
+                f"{g['group']:28}{len(g['members']):>8}{g['ratio']:>9.2f}"
                 f"{str(g['channels_before']) + ' -> ' + str(g['channels_after']):>14}{_rho(g.get('split_half_spearman')):>16}"
             )
     timings = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in report.get("timings", {}).items())

@@ -71,6 +71,12 @@ def test_eval_defaults_to_the_data_the_folder_was_pruned_with(tmp_path, capsys):
     assert "on 10 test images of" in capsys.readouterr().out  # not the bundled sample's 1000
 
 
+def test_a_model_with_more_classes_than_the_data_gets_a_warning(tmp_path, capsys):
+    assert main(["prune", "--model", "cifar_resnet20", "--weights", "none", "--num-classes", "12", "--sparsity", "0.3",
+                 "--calib-images", "8", "--batch-size", "8", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "has 10 classes, the model predicts 12" in capsys.readouterr().err
+
+
 def test_score_writes_scores(tmp_path, capsys):
     out = tmp_path / "s.safetensors"
     args = ["score", "--model", "cifar_resnet20", "--weights", "none", "--calib-images", "32", "--batch-size", "16"]

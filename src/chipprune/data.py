@@ -69,6 +69,7 @@ class DataSource:
     description: str
     build: Callable[[str, Callable], Dataset]  # (split "train"/"test", transform) -> Dataset
     image_size: int | None  # native size when known (32 for CIFAR), else None
+    classes: int | None = None  # number of classes when known
 
     def split(self, split: str, transform: Callable) -> Dataset:
         return self.build(split, transform)
@@ -90,7 +91,7 @@ def _bundled() -> DataSource:
         return ArrayDataset(arrays[f"{split}_images"], arrays[f"{split}_labels"], transform)
 
     n_train, n_test = len(arrays["train_labels"]), len(arrays["test_labels"])
-    return DataSource(f"bundled CIFAR-10 sample ({n_train} train, {n_test} test images)", build, 32)
+    return DataSource(f"bundled CIFAR-10 sample ({n_train} train, {n_test} test images)", build, 32, 10)
 
 
 # --- torchvision's CIFAR-10 python batches, without unrestricted pickle --------------------------
@@ -135,7 +136,7 @@ def _cifar_root(root: Path) -> DataSource:
         parts = [_read_cifar_batch(root / n) for n in names]
         return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), transform)
 
-    return DataSource(f"CIFAR-10 batches in {root}", build, 32)
+    return DataSource(f"CIFAR-10 batches in {root}", build, 32, 10)
 
 
 # --- ImageFolder trees --------------------------------------------------------------------------
@@ -162,7 +163,9 @@ def _image_folder(root: Path) -> DataSource:
         except (FileNotFoundError, RuntimeError) as exc:
             raise ChipPruneError(f"cannot read images under {folder}: {exc}") from None
 
-    return DataSource(f"ImageFolder {root}", build, None)
+    train_dir = root / "train"
+    classes = sum(1 for d in train_dir.iterdir() if d.is_dir()) if train_dir.is_dir() else None
+    return DataSource(f"ImageFolder {root}", build, None, classes)
 
 
 def data_location(path: str | Path | None) -> str:

@@ -460,6 +460,13 @@ def prune(
     uses_images = needs_images(criterion)
     source = open_data(calibration.data) if uses_images or evaluate_on is True or recalibrate_bn else None
     test_source = None if evaluate_on is False else (source if evaluate_on is True else open_data(evaluate_on))
+    outputs = _outputs(model, classifier)
+    if test_source is not None and test_source.classes is not None and test_source.classes < outputs:  # more: refused later
+        warnings.warn(
+            f"{test_source.description} has {test_source.classes} classes, the model predicts {outputs}: "
+            "accuracy compares the data's labels with the model's class indices, which only means something "
+            "if the first classes are the same"
+        )
     report: dict[str, Any] = {"model": spec.name, "criterion": criterion, "sparsity": plan.description if plan else None}
     report["data"] = source.description if source is not None else None
     report["data_path"] = data_location(calibration.data) if source is not None else None
@@ -525,6 +532,12 @@ def prune(
     return result
 
 
+def _outputs(model: nn.Module, classifier: str) -> int:
+    """How many classes the model predicts: the width of its classifier layer."""
+    layer = dict(model.named_modules())[classifier]
+    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)
+
+
 def pruning_record(
     model: nn.Module,
     spec: ModelSpec,
@@ -539,12 +552,11 @@ def pruning_record(
     """The ``pruning.json`` that lets ``load_pruned`` rebuild ``model``: its name, input and the
     channels each group lost (no groups: the model as built)."""
     classifier = classifier or find_classifier(model.eval(), _example_input(spec, device_of(model)))
-    layer = dict(model.named_modules())[classifier]
     return {
         "format": PRUNED_FORMAT,
         "chipprune_version": __version__,
         "model": spec.name,
-        "num_classes": int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels),
+        "num_classes": _outputs(model, classifier),
         "image_size": spec.image_size,
         "mean": list(spec.mean),
         "std": list(spec.std),

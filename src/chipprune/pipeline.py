@@ -200,14 +200,22 @@ def make_pruning_plan(
     if target_macs is not None:
         if sparsity is not None:
             raise ChipPruneError("give either --sparsity or --target-macs, not both")
-        return _plan_for_macs(model, spec, groups, target_macs, round_to)
-    sparsity = PAPER_SPARSITY.get(spec.name) if sparsity is None else sparsity
-    if sparsity is None:
-        raise ChipPruneError(f"no default sparsity for '{spec.name}'; pass one, e.g. --sparsity 0.3")
-    ratios, notes = make_plan(sparsity, spec, groups, model)
-    keep = _keep_counts(groups, ratios, round_to)
-    params, macs = _size_after(model, spec, groups, keep)
-    return Plan(ratios, keep, sparsity, round_to, notes, params, macs)
+        plan = _plan_for_macs(model, spec, groups, target_macs, round_to)
+    else:
+        sparsity = PAPER_SPARSITY.get(spec.name) if sparsity is None else sparsity
+        if sparsity is None:
+            raise ChipPruneError(f"no default sparsity for '{spec.name}'; pass one, e.g. --sparsity 0.3")
+        ratios, notes = make_plan(sparsity, spec, groups, model)
+        keep = _keep_counts(groups, ratios, round_to)
+        params, macs = _size_after(model, spec, groups, keep)
+        plan = Plan(ratios, keep, sparsity, round_to, notes, params, macs)
+    narrow = [g.name for g in groups if g.channels // g.channel_groups <= round_to and plan.keep[g.name] < g.channels]
+    if round_to > 1 and narrow:
+        plan.notes.append(
+            f"{len(narrow)} group(s) with at most {round_to} channels (per block) are pruned without rounding "
+            f"(--round-to {round_to} would leave them all or nothing): {', '.join(narrow[:3])}{' and more' if len(narrow) > 3 else ''}"
+        )
+    return plan
 
 
 def _plan_for_macs(model: nn.Module, spec: ModelSpec, groups: list[ChannelGroup], target: float, round_to: int) -> Plan:

@@ -88,7 +88,7 @@ CASES = [
     (["prune", "--calib-images", "1000", "--require-calib-images"], "1000 calibration images asked for"),
     (["prune", "--calib-images", "0"], "must be positive"),
     (["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", "{tmp}/eleven",
-      "--calib-images", "4", "--batch-size", "4"], "class labels up to 10, but the model predicts 10 classes"),
+      "--calib-images", "4", "--batch-size", "4"], "class label 10, but the model predicts 10 classes (0-9)"),
     # other commands
     (["eval", "{tmp}/empty"], "file not found"),
     (["eval", "{tmp}/nowhere"], "no such folder"),

@@ -109,7 +109,7 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path):
     # An odd number of test images: no image may be counted twice to even out the two shares. With a
     # validation split the best epoch's weights are reloaded at the end, which must not hang.
     data = _image_folder(tmp_path / "data", n_train=64, n_test=9)
-    args = ["--epochs", "2", "--train-batch-size", "16", "--val-fraction", "0.25"]
+    args = ["--epochs", "2", "--train-batch-size", "16", "--val-fraction", "0.25", "--checkpoint-every", "1"]
     single, double = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, *_train_cmd(data, single, *args)], check=True, env=_env(), cwd=tmp_path, timeout=600)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
@@ -121,6 +121,10 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path):
     assert ra["test_images"] == rb["test_images"] == 9
     assert ra["finetune"]["selected_epoch"] == rb["finetune"]["selected_epoch"]
     assert ra["top1_after"] == pytest.approx(rb["top1_after"])
+    # Training figures summed over both processes count every step once (checkpoints in between).
+    ha, hb = (json.loads((d / "metrics.json").read_text()) for d in (single, double))
+    assert [h["train_loss"] for h in ha] == pytest.approx([h["train_loss"] for h in hb], rel=1e-4)
+    assert [h["train_top1"] for h in ha] == pytest.approx([h["train_top1"] for h in hb])
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys):
@@ -130,6 +134,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys):
     out = tmp_path / "run"
     base = _train_cmd(data, out, "--train-batch-size", "16")[3:]  # without "-m chipprune --debug"
     assert main([*base, "--epochs", "1"]) == 0
+    assert json.loads((out / "report.json").read_text())["data_path"] == str(data.resolve())  # eval's default data
     assert main([*base, "--epochs", "3", "--resume"]) == 2
     assert "epochs 1 -> 3" in capsys.readouterr().err
     assert main([*base, "--epochs", "1", "--seed", "5", "--resume"]) == 2

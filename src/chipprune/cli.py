@@ -57,6 +57,8 @@ def _folder_data(folder: str | Path, data: str | None) -> str:
     recorded = read_json(report).get("data_path") if report.is_file() else None
     if recorded and (recorded == BUNDLED or Path(recorded).exists()):
         return recorded
+    if recorded:
+        warnings.warn(f"the data {folder} was made with ({recorded}) is not there any more; using the bundled sample (--data names other data)")
     return BUNDLED
 
 
@@ -466,9 +468,10 @@ def main(argv: list[str] | None = None) -> int:
         print("chipprune: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        # Whoever read our output stopped (`chipprune models | head`): end quietly, as Unix tools do.
+        # Whoever read our output stopped (`chipprune models | head`): end quietly, with the status a
+        # Unix tool killed by SIGPIPE has (not 0: the work may not be done).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return 141
     finally:
         warnings.showwarning = saved_showwarning
         teardown_distributed()

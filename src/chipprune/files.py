@@ -41,10 +41,20 @@ def temporary_file_beside(path: Path) -> tuple[int, str]:
     """A new hidden file in ``path``'s folder (to be renamed onto ``path``), readable as the umask allows:
     mkstemp's files are private (0600), which would hide the results from a user's team."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+    except OSError:  # file systems without permissions (FAT, some network mounts): leave them be
+        pass
     return fd, tmp
+
+
+def _read_umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()  # read once, at import: setting it briefly is visible to every thread
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -88,6 +88,7 @@ def train_from_scratch(
     params, macs = count_params(model), count_macs(model, spec.image_size)
     report = {
         "model": spec.name,
+        "data_path": data_location(data),
         "params_before": params,
         "params_after": params,
         "macs_before": macs,

@@ -35,12 +35,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None and device.type == "cuda")
 
 
-def check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
-    """Refuse labels the model cannot predict (data with more classes than the model's outputs)."""
+def check_labels(classes: int, labels: torch.Tensor) -> None:
+    """Refuse labels a model with ``classes`` outputs cannot predict (data with more classes than the model)."""
     top = int(labels.max()) if labels.numel() else -1
-    if top >= logits.shape[1]:
+    if top >= classes:
         raise ChipPruneError(
-            f"the data has class labels up to {top}, but the model predicts {logits.shape[1]} classes; "
+            f"the data has class label {top}, but the model predicts {classes} classes (0-{classes - 1}); "
             "give --num-classes (and weights trained for them) or data with the model's classes"
         )
 
@@ -73,8 +73,8 @@ def evaluate(
     with torch.inference_mode(), autocast(device, amp_dtype):
         for x, y in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
             logits = model(x.to(device)).float()
+            check_labels(logits.shape[1], y)  # y still on the CPU: no device sync
             y = y.to(device)
-            check_labels(logits, y)
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             counts += torch.tensor(
                 [(top[:, 0] == y).sum().item(), (top == y[:, None]).any(dim=1).sum().item(), y.numel()], dtype=torch.float64
@@ -94,7 +94,7 @@ def correct_flags(
     with torch.inference_mode():
         for x, y in batches:
             logits = model(x.to(device))
-            check_labels(logits, y)
+            check_labels(logits.shape[1], y)
             flags.append(logits.argmax(1).cpu() == y)
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
 

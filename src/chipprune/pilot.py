@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .data import open_data
+from .data import data_location, open_data
 from .errors import ChipPruneError
 from .files import atomic_write_bytes, read_json, save_tensors, write_json
 from .latency import measure_latency
@@ -140,6 +140,8 @@ def _claim_folder(out: Path, settings: dict[str, Any]) -> None:
     path = out / "settings.json"
     if path.is_file():
         saved = read_json(path)
+        if not isinstance(saved, dict):
+            raise ChipPruneError(f"{path} is damaged; remove the folder {out} (or choose another --out) to start over")
         changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in settings.items() if saved.get(k) != v]
         if changed:
             shown = [c if not c.startswith("weights_sha256") else "the model's weights" for c in changed]
@@ -189,7 +191,7 @@ def run_pilot(
     model = model.to(device).eval()
     _claim_folder(out, {
         "model": spec.name, "image_size": spec.image_size, "weights_sha256": _weights_digest(model),
-        "data": source.description, "calibration_images": calibration.images, "calibration_batch_size": calibration.batch_size,
+        "data": data_location(data), "calibration_images": calibration.images, "calibration_batch_size": calibration.batch_size,
         "calibration_seed": calibration.seed, "calibration_augment": calibration.augment, "round_to": round_to,
         "finetune_epochs": finetune_epochs, "confidence": confidence, "throughput_batch": throughput_batch,
         "criterion": criterion, "device": str(torch.device(device)),
@@ -199,7 +201,7 @@ def run_pilot(
     # The original's latency is timed once per pilot folder, like the levels': a resumed pilot
     # compares the levels it reuses with the timing they were measured beside.
     timing = _load_json(out / "baseline_latency.json")
-    if timing is None:
+    if not (isinstance(timing, dict) and {"latency_ms", "throughput_ms"} <= set(timing)):
         timing = {
             "latency_ms": measure_latency(model, spec.image_size, 1, device=device, min_run_time=0.5).median_ms,
             "throughput_ms": measure_latency(model, spec.image_size, throughput_batch, device=device, min_run_time=0.5).median_ms,

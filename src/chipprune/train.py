@@ -239,14 +239,13 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
         t_epoch = time.perf_counter()
         for step in bar:
             torch.manual_seed(_step_seed(config.seed, epoch, step, dist_info.rank))
-            x, y = next(iterator)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, labels = next(iterator)
+            x, y = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if device.type == "cuda":
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, _amp_dtype(config)):
                 logits = net(x)
-                if step == first and epoch == start_epoch:
-                    check_labels(logits, y)
+                check_labels(logits.shape[1], labels)  # on the CPU copy: no device sync
                 loss = criterion(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -257,7 +256,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
             if config.checkpoint_every_steps and (epoch * steps_per_epoch + step + 1) % config.checkpoint_every_steps == 0:
                 # The epoch's training loss and accuracy so far, over all processes, survive a resume too.
-                save_checkpoint(epoch, step + 1, all_reduce_sum(sums.to(device)).cpu())
+                save_checkpoint(epoch, step + 1, all_reduce_sum(sums.clone().to(device)).cpu())  # a copy: sums stays this process's
         sums = all_reduce_sum(sums.to(device)).cpu()
         row = {
             "epoch": epoch + 1,

@@ -37,7 +37,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            code = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), None)
+            # torch >= 2.4 says "Unsupported global", older versions "Unsupported class".
+            code = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line or "Unsupported class" in line), None)
             if code is None:  # not code, just bytes the unpickler cannot read
                 raise ChipPruneError(f"cannot read weights file {path}: not a PyTorch file, or truncated or corrupt") from None
             raise ChipPruneError(

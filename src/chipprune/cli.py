@@ -29,8 +29,7 @@ from .pilot import pilot_markdown, run_pilot, sensitivity
 from .pipeline import (
     Calibration,
     load_model,
-    load_pruned,
-    read_pruned_record,
+    open_pruned,
     make_latency_plan,
     make_pruning_plan,
     prunable_groups,
@@ -196,8 +195,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     device = _device(args.device)
-    record, spec = read_pruned_record(args.folder, args.model)
-    model = load_pruned(args.folder, device, model=args.model)
+    model, record, spec = open_pruned(args.folder, device, model=args.model)
     params, macs = count_params(model), count_macs(model, spec.image_size)
     print(f"{record['model']} (pruned, {args.folder}): params {params:,}, MACs {macs:,}")
     if not args.no_accuracy:
@@ -234,8 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
-    _, spec = read_pruned_record(folder, args.model)
-    model = load_pruned(folder, model=args.model)
+    model, _, spec = open_pruned(folder, model=args.model)
     out = Path(args.out) if args.out else folder / "model.onnx"
     diff = export_onnx(model, spec.image_size, out)
     print(f"wrote {out}; ONNX Runtime matches PyTorch (max abs difference {diff:.2e} on random inputs)")
@@ -367,8 +364,6 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--limit-train-images", type=int, default=None, help="train on at most this many images (pilots)")
-
-
 
 
 def build_parser() -> argparse.ArgumentParser:

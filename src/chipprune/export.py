@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .errors import ChipPruneError
 from .files import temporary_file_beside
+from .metrics import device_of
 
 __all__ = ["export_onnx"]
 
@@ -32,7 +33,7 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: fl
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     # Exported and checked on the CPU; a model on another device is copied, not moved.
-    model = model.eval() if _on_cpu(model) else copy.deepcopy(model).cpu().eval()
+    model = model.eval() if device_of(model).type == "cpu" else copy.deepcopy(model).cpu().eval()
     example = torch.randn(1, 3, image_size, image_size)
     fd, tmp = temporary_file_beside(path)
     os.close(fd)
@@ -61,7 +62,3 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: fl
     finally:
         Path(tmp).unlink(missing_ok=True)
         model.train(was_training)
-
-
-def _on_cpu(model: nn.Module) -> bool:
-    return all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])

@@ -18,7 +18,7 @@ from .files import read_json, write_json
 from .latency import measure_latency
 from .metrics import count_macs, count_params
 from .models.registry import create_model
-from .pipeline import load_model, load_pruned, pruning_record, read_pruned_record
+from .pipeline import load_model, open_pruned, pruning_record
 from .report import write_report
 from .train import TrainConfig, fit
 
@@ -41,8 +41,7 @@ def finetune(
     ``model``: see ``load_pruned`` (needed for a ``package.module:function`` model)."""
     dist_info = setup_distributed(device)
     folder = Path(folder)
-    record, spec = read_pruned_record(folder, model)
-    model = load_pruned(folder, model=model)
+    model, record, spec = open_pruned(folder, model=model)
     summary = fit(model, spec, open_data(data), config, dist_info)
     if not dist_info.is_main:
         return None

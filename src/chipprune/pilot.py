@@ -119,9 +119,10 @@ def _load_json(path: Path) -> Any:
 
 def _load_level(path: Path) -> LevelResult | None:
     """A level a previous run of this pilot finished, or None (none, or unreadable: measured again)."""
+    saved = _load_json(path)
     try:
-        return LevelResult(**_load_json(path)) if path.is_file() else None
-    except TypeError:
+        return LevelResult(**saved) if isinstance(saved, dict) else None
+    except TypeError:  # other fields
         return None
 
 

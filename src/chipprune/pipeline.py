@@ -51,6 +51,7 @@ __all__ = [
     "prune",
     "save_pruned",
     "load_pruned",
+    "open_pruned",
     "read_pruned_record",
     "pruning_record",
 ]
@@ -626,6 +627,13 @@ def load_pruned(folder: str | Path, device: torch.device | str = "cpu", *, model
     Nothing is unpickled. For a ``package.module:function`` model, ``model`` must repeat that name:
     the function is imported and run (see ``read_pruned_record``).
     """
+    return open_pruned(folder, device, model=model)[0]
+
+
+def open_pruned(
+    folder: str | Path, device: torch.device | str = "cpu", *, model: str | None = None
+) -> tuple[nn.Module, dict[str, Any], ModelSpec]:
+    """``load_pruned``, together with the folder's pruning record and its model's spec."""
     folder = Path(folder)
     record, spec = read_pruned_record(folder, model)
     net = create_model(spec.name, record.get("num_classes")).eval()
@@ -640,4 +648,4 @@ def load_pruned(folder: str | Path, device: torch.device | str = "cpu", *, model
     # The folder's two files were written together; a mismatch means one of them was changed or damaged.
     load_weights(net, folder / "model.safetensors",
                  advice="pruning.json and model.safetensors do not belong together: was one of them replaced or damaged?")
-    return net.to(device).eval()
+    return net.to(device).eval(), record, spec

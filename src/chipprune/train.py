@@ -216,8 +216,7 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             "step_in_epoch": step_in_epoch,
             "history": history,
             "best": best,
-            "recipe": asdict(recipe),
-            "settings": settings,
+            "settings": settings,  # the recipe and what else the run depends on
             "processes": dist_info.world_size,
         }
         buffer = io.BytesIO()

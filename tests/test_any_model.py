@@ -5,10 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from chipprune import ChipPruneError, get_model_spec, load_pruned, save_pruned
+from chipprune import ChipPruneError, PlanRequest, get_model_spec, load_model, load_pruned, save_pruned
 from chipprune.cli import main
-from chipprune.models import create_model
-from chipprune.pipeline import make_pruning_plan, prunable_groups, prune_model
+from chipprune.evaluation.metrics import count_macs
+from chipprune.planning import make_plan
+from chipprune.surgery import prunable_groups
+from conftest import prune_with_plan
 
 # Ten families; 64x64 inputs keep this fast on a CPU.
 FAMILIES = [
@@ -35,14 +37,10 @@ def _random_batches(n=2, batch=4, size=64, seed=0):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_torchvision_family_prunes_with_chip_and_reloads(name, tmp_path):
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    model = load_model(name, None)[0].eval()
     spec = get_model_spec(name, image_size=64)
-    dg, groups, classifier = prunable_groups(model, spec)
-    plan = make_pruning_plan(model, spec, groups, sparsity="0.3")
-    from chipprune.metrics import count_macs
-
     macs_before = count_macs(model, 64)
-    result = prune_model(model, spec, plan, groups, dg, classifier, _random_batches(), progress=False)
+    plan, result = prune_with_plan(model, spec, PlanRequest(sparsity="0.3"), _random_batches())
     pruned = result.model
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -62,7 +60,7 @@ def test_torchvision_family_prunes_with_chip_and_reloads(name, tmp_path):
 
 
 def test_channel_shuffle_models_get_a_clear_error():
-    model = create_model("shufflenet_v2_x0_5").eval()
+    model = load_model("shufflenet_v2_x0_5", None)[0].eval()
     with pytest.raises(ChipPruneError, match="channel shuffle"):
         prunable_groups(model, get_model_spec("shufflenet_v2_x0_5", image_size=64))
 
@@ -105,7 +103,7 @@ def test_user_model_with_concat_depthwise_and_residual_from_the_cli(tmp_path, ca
 
 
 def _groups(name, size=None):
-    model = create_model(name).eval()
+    model = load_model(name, None)[0].eval()
     spec = get_model_spec(name, size)
     _, groups, _ = prunable_groups(model, spec)
     return model, spec, groups
@@ -114,50 +112,46 @@ def _groups(name, size=None):
 def test_plan_file_with_glob_patterns(tmp_path):
     model, spec, groups = _groups("cifar_resnet20")
     (tmp_path / "plan.json").write_text(json.dumps({"layer*.conv1": 0.5, "layer1.*.conv1": 0.25, "layer2.0.conv2": 0.5}))
-    plan = make_pruning_plan(model, spec, groups, sparsity=str(tmp_path / "plan.json"))
+    plan = make_plan(model, spec, groups, PlanRequest(sparsity=str(tmp_path / "plan.json")))
     assert plan.keep["layer1.0.conv1"] == 12 and plan.keep["layer3.2.conv1"] == 32  # later pattern wins
     assert plan.keep["layer2.0.conv2"] == 16 and plan.keep["conv1"] == 16  # unlisted groups stay whole
     (tmp_path / "plan.yaml").write_text("'layer3.*.conv1': 0.75\n")
-    assert make_pruning_plan(model, spec, groups, sparsity=str(tmp_path / "plan.yaml")).keep["layer3.1.conv1"] == 16
+    assert make_plan(model, spec, groups, PlanRequest(sparsity=str(tmp_path / "plan.yaml"))).keep["layer3.1.conv1"] == 16
     (tmp_path / "bad.json").write_text(json.dumps({"layer9.*": 0.5}))
     with pytest.raises(ChipPruneError, match="matches no prunable layer"):
-        make_pruning_plan(model, spec, groups, sparsity=str(tmp_path / "bad.json"))
+        make_plan(model, spec, groups, PlanRequest(sparsity=str(tmp_path / "bad.json")))
 
 
 @pytest.mark.parametrize("target", [0.5, 0.3])
 def test_target_macs_lands_within_one_percent(target):
     model, spec, groups = _groups("cifar_resnet56")
-    from chipprune.metrics import count_macs
-
-    plan = make_pruning_plan(model, spec, groups, target_macs=target)
+    plan = make_plan(model, spec, groups, PlanRequest(target_macs=target))
     assert abs(plan.macs / count_macs(model, 32) - target) <= 0.01 * target
 
 
 def test_unreachable_target_macs_is_refused():
     model, spec, groups = _groups("cifar_resnet20")
     with pytest.raises(ChipPruneError, match="cannot be reached"):
-        make_pruning_plan(model, spec, groups, target_macs=0.001)
+        make_plan(model, spec, groups, PlanRequest(target_macs=0.001))
 
 
 def test_round_to_gives_multiples():
     model, spec, groups = _groups("resnet18", 64)
-    plan = make_pruning_plan(model, spec, groups, sparsity="0.3", round_to=8)
+    plan = make_plan(model, spec, groups, PlanRequest(sparsity="0.3", round_to=8))
     assert all(k % 8 == 0 for k in plan.keep.values())
 
 
 @pytest.mark.parametrize("criterion", ["l1", "random", "hrank"])
 def test_other_criteria_run_through_the_same_pipeline(criterion):
-    model, spec, groups = _groups("cifar_resnet20")
-    dg, groups, classifier = prunable_groups(model, spec)
-    plan = make_pruning_plan(model, spec, groups, sparsity="0.25")
+    model, spec = load_model("cifar_resnet20", None)
     batches = _random_batches(size=32) if criterion == "hrank" else None
-    result = prune_model(model, spec, plan, groups, dg, classifier, batches, criterion=criterion, progress=False)
+    _, result = prune_with_plan(model, spec, PlanRequest(sparsity="0.25"), batches, criterion)
     assert result.record["criterion"] == criterion
     assert result.model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
 def test_hrank_counts_map_ranks():
-    from chipprune.criteria import hrank_per_image
+    from chipprune.scoring.criteria import hrank_per_image
 
     maps = torch.zeros(1, 3, 4, 4)
     maps[0, 0] = torch.outer(torch.arange(1.0, 5.0), torch.ones(4))  # rank 1
@@ -175,17 +169,15 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys, monkeypatc
 
 
 def test_eval_with_latency(tmp_path, capsys):
-    model, spec, groups = _groups("cifar_resnet20")
-    dg, groups, classifier = prunable_groups(model, spec)
-    plan = make_pruning_plan(model, spec, groups, sparsity="0.5")
-    save_pruned(prune_model(model, spec, plan, groups, dg, classifier, None, criterion="l1", progress=False), tmp_path)
+    model, spec = load_model("cifar_resnet20", None)
+    save_pruned(prune_with_plan(model, spec, PlanRequest(sparsity="0.5"), criterion="l1")[1], tmp_path)
     assert main(["eval", str(tmp_path), "--no-accuracy", "--latency", "--batch-sizes", "1", "2"]) == 0
     out = capsys.readouterr().out
     assert "speed-up" in out and "MAC reduction" in out
 
 
 def test_ignored_layers_and_the_classifier_keep_their_outputs():
-    model = create_model("cifar_resnet20").eval()
+    model = load_model("cifar_resnet20", None)[0].eval()
     spec = get_model_spec("cifar_resnet20")
     dg, groups, classifier = prunable_groups(model, spec, ignored=["layer2.1.conv1"])
     assert classifier == "linear"
@@ -199,11 +191,10 @@ def test_ignored_layers_and_the_classifier_keep_their_outputs():
 def test_mac_target_plans_prune_widths_that_are_not_powers_of_two(target):
     # Plans from --target-macs give counts such as 5 of 12 channels; the surgery must keep exactly
     # those counts (re-deriving them from a ratio in floating point can land one short).
-    model = create_model("custom_nets:tiny_net").eval()
+    model = load_model("custom_nets:tiny_net", None)[0].eval()
     spec = get_model_spec("custom_nets:tiny_net", image_size=32)
-    dg, groups, classifier = prunable_groups(model, spec)
-    plan = make_pruning_plan(model, spec, groups, target_macs=target)
-    result = prune_model(model, spec, plan, groups, dg, classifier, None, criterion="l1", progress=False)
+    plan, result = prune_with_plan(model, spec, PlanRequest(target_macs=target), criterion="l1")
+    groups = prunable_groups(load_model("custom_nets:tiny_net", None)[0], spec)[1]
     assert {r["group"]: r["channels_after"] for r in result.record["groups"]} == {
         g.name: plan.keep[g.name] for g in groups if plan.keep[g.name] < g.channels
     }

@@ -10,11 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from chipprune import ChipPruneError, get_model_spec
+from chipprune import ChipPruneError, PlanRequest, get_model_spec, load_model
 from chipprune.cli import main
-from chipprune.models import create_model
-from chipprune.pipeline import make_pruning_plan, prunable_groups
-from chipprune.plan import parse_sparsity
+from chipprune.planning import make_plan, parse_sparsity
+from chipprune.surgery import prunable_groups
 from conftest import EvilPickle
 
 
@@ -22,7 +21,7 @@ def _files(tmp):
     """Broken inputs a user might hand us, made once per test."""
     (tmp / "truncated.pt").write_bytes(b"PK\x03\x04\x14\x00")
     (tmp / "garbage.safetensors").write_bytes(b"\xff" * 64)
-    torch.save(create_model("cifar_resnet20").state_dict(), tmp / "r20.pt")
+    torch.save(load_model("cifar_resnet20", None)[0].state_dict(), tmp / "r20.pt")
     torch.save({"state_dict": EvilPickle(str(tmp / "pwned"))}, tmp / "evil.pth")
     (tmp / "empty").mkdir()
     (tmp / "plan.json").write_text(json.dumps({"layer9.*": 0.5}))
@@ -118,11 +117,11 @@ def test_grey_scale_images_are_converted(tmp_path):
 
 
 def test_pruned_folder_whose_weights_disagree_with_its_description(tmp_path):
-    from chipprune import load_model, load_pruned, prune, save_pruned
-    from chipprune.pipeline import Calibration
+    from chipprune import load_pruned, prune, save_pruned
+    from chipprune import Calibration
 
     model, spec = load_model("cifar_resnet20", "none")
-    save_pruned(prune(model, spec, sparsity="0.5", criterion="l1", evaluate_on=False, recalibrate_bn=False, progress=False,
+    save_pruned(prune(model, spec, "0.5", criterion="l1", evaluate_on=False, recalibrate_bn=False, progress=False,
                       calibration=Calibration(images=8, batch_size=8)), tmp_path)
     record = json.loads((tmp_path / "pruning.json").read_text())
     record["groups"][1]["removed"] = record["groups"][1]["removed"][:-1]  # one channel fewer removed than saved
@@ -135,11 +134,11 @@ def test_pruned_folder_whose_weights_disagree_with_its_description(tmp_path):
 
 
 def test_damaged_or_foreign_pruning_records_are_refused_before_anything_runs(tmp_path, capsys):
-    from chipprune import load_model, load_pruned, prune, save_pruned
-    from chipprune.pipeline import Calibration
+    from chipprune import load_pruned, prune, save_pruned
+    from chipprune import Calibration
 
     model, spec = load_model("cifar_resnet20", "none")
-    save_pruned(prune(model, spec, sparsity="0.5", criterion="l1", evaluate_on=False, recalibrate_bn=False, progress=False,
+    save_pruned(prune(model, spec, "0.5", criterion="l1", evaluate_on=False, recalibrate_bn=False, progress=False,
                       calibration=Calibration(images=8, batch_size=8)), tmp_path)
     good = json.loads((tmp_path / "pruning.json").read_text())
     damaged = [{**good, "groups": None}, {**good, "groups": [{"group": "conv1"}]}, {**good, "model": 3},
@@ -165,7 +164,7 @@ def test_fewer_calibration_images_warn_and_use_what_exists(tmp_path, capsys):
 
 
 def test_dead_and_huge_activations_give_finite_scores():
-    from chipprune.independence import channel_independence
+    from chipprune.scoring.independence import channel_independence
 
     maps = torch.zeros(3, 8, 4, 4)
     maps[:, :4] = torch.rand(3, 4, 4, 4) * 1e30  # extremely large activations
@@ -213,7 +212,7 @@ def test_any_text_either_parses_or_gets_a_clear_error(text):
 
 @pytest.fixture(scope="module")
 def resnet20_groups():
-    model = create_model("cifar_resnet20").eval()
+    model = load_model("cifar_resnet20", None)[0].eval()
     spec = get_model_spec("cifar_resnet20")
     _, groups, _ = prunable_groups(model, spec)
     return model, spec, groups
@@ -222,26 +221,26 @@ def resnet20_groups():
 @settings(max_examples=6, deadline=None)
 @given(st.floats(min_value=0.3, max_value=0.9))
 def test_plan_search_lands_near_the_target_and_is_monotone(resnet20_groups, target):
-    from chipprune.metrics import count_macs
+    from chipprune.evaluation.metrics import count_macs
 
     model, spec, groups = resnet20_groups
     base = count_macs(model, 32)
-    plan = make_pruning_plan(model, spec, groups, target_macs=target)
+    plan = make_plan(model, spec, groups, PlanRequest(target_macs=target))
     near = abs(plan.macs / base - target) <= 0.01 * target
     assert near or any("the closest plan found" in n for n in plan.notes)
-    tighter = make_pruning_plan(model, spec, groups, target_macs=target * 0.8)
+    tighter = make_plan(model, spec, groups, PlanRequest(target_macs=target * 0.8))
     assert tighter.macs <= plan.macs
 
 
 def test_wide_rounding_steps_are_evened_out_group_by_group():
     # With widths in steps of 8, one level for all ResNet-56 groups stops at 48.3% of the MACs;
     # moving single groups one step brings the plan within the 1% tolerance.
-    from chipprune.metrics import count_macs
+    from chipprune.evaluation.metrics import count_macs
 
-    model = create_model("cifar_resnet56").eval()
+    model = load_model("cifar_resnet56", None)[0].eval()
     spec = get_model_spec("cifar_resnet56")
     _, groups, _ = prunable_groups(model, spec)
-    plan = make_pruning_plan(model, spec, groups, target_macs=0.5, round_to=8)
+    plan = make_plan(model, spec, groups, PlanRequest(target_macs=0.5, round_to=8))
     assert abs(plan.macs / count_macs(model, 32) - 0.5) <= 0.005
     assert all(keep % 8 == 0 for keep in plan.keep.values())
 
@@ -253,7 +252,7 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     import errno
     import os
 
-    from chipprune.files import atomic_write_bytes
+    from chipprune.io.atomic import atomic_write_bytes
 
     target = tmp_path / "checkpoint.pt"
     atomic_write_bytes(target, b"previous checkpoint")
@@ -298,9 +297,9 @@ def test_a_killed_prune_leaves_no_half_written_folder(tmp_path):
 
 def test_fewer_calibration_images_than_processes_is_refused(monkeypatch):
     # Under torchrun a process without images would skip the collective sums the others wait in.
-    import chipprune.pipeline as pipeline
+    import chipprune.data.calibration as calibration
 
-    monkeypatch.setattr(pipeline, "world", lambda: (1, 2))
+    monkeypatch.setattr(calibration, "world", lambda: (1, 2))
     spec = get_model_spec("cifar_resnet20")
     with pytest.raises(ChipPruneError, match="1 calibration images cannot be shared among 2 processes"):
-        pipeline.Calibration(images=1, batch_size=1).loader(spec)
+        calibration.Calibration(images=1, batch_size=1).loader(spec)

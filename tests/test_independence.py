@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from chipprune import ChipPruneError, channel_independence
-from chipprune.independence import channel_independence_reference as direct_channel_independence
+from chipprune.scoring.independence import channel_independence_reference as direct_channel_independence
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from chipprune import ChipPruneError, get_model_spec, list_models, load_model
-from chipprune.metrics import count_macs, count_params
-from chipprune.models import PadShortcut, create_model
-from chipprune.weights import load_weights, read_state_dict
+from chipprune.evaluation.metrics import count_macs, count_params
+from chipprune.models import PadShortcut
+from chipprune.io.weights import load_weights, read_state_dict
 
 
 @pytest.mark.parametrize(
@@ -21,14 +21,14 @@ from chipprune.weights import load_weights, read_state_dict
     ],
 )
 def test_cifar_resnet_sizes_match_the_paper(name, params, macs):
-    model = create_model(name)
+    model = load_model(name, None)[0]
     assert count_params(model) == params
     if macs is not None:
         assert count_macs(model, 32) == macs
 
 
 def test_cifar_vgg16_bn_sizes_match_the_paper():
-    model = create_model("cifar_vgg16_bn")
+    model = load_model("cifar_vgg16_bn", None)[0]
     # Paper (thop): 14.98M params, 313.73M MACs. thop leaves BatchNorm parameters out of the count
     # (14,991,946 - 9,472 BN = 14,982,474) and adds ~1 op per BatchNorm output (+0.28M).
     n_bn = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
@@ -38,7 +38,7 @@ def test_cifar_vgg16_bn_sizes_match_the_paper():
 
 
 def test_torchvision_resnet50_sizes():
-    model = create_model("resnet50")
+    model = load_model("resnet50", None)[0]
     assert count_params(model) == 25_557_032  # paper 25.55M
     # Conv + linear MACs; the paper's 4.11G (thop) also counts BatchNorm, ReLU and pooling.
     assert count_macs(model, 224) == 4_089_184_256
@@ -57,7 +57,7 @@ def test_unknown_model_suggests_close_names():
 
 @pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_vgg16_bn"])
 def test_cifar_models_forward(name):
-    model = create_model(name).eval()
+    model = load_model(name, None)[0].eval()
     out = model(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
@@ -81,7 +81,7 @@ def test_no_bundled_weights_gives_clear_error():
 
 
 def test_checkpoint_formats_load(tmp_path):
-    src = create_model("cifar_resnet20")
+    src = load_model("cifar_resnet20", None)[0]
     state = src.state_dict()
     # The reference-checkpoint layout: nested under state_dict, with DataParallel prefixes.
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "best_prec1": 91.7}, tmp_path / "a.th")
@@ -89,14 +89,14 @@ def test_checkpoint_formats_load(tmp_path):
 
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "b.safetensors"))
     for f in ("a.th", "b.safetensors"):
-        dst = load_weights(create_model("cifar_resnet20"), tmp_path / f)
+        dst = load_weights(load_model("cifar_resnet20", None)[0], tmp_path / f)
         assert all(torch.equal(dst.state_dict()[k], v) for k, v in state.items())
 
 
 def test_mismatched_weights_name_the_tensors(tmp_path):
-    torch.save(create_model("cifar_resnet20").state_dict(), tmp_path / "r20.pt")
+    torch.save(load_model("cifar_resnet20", None)[0].state_dict(), tmp_path / "r20.pt")
     with pytest.raises(ChipPruneError, match="layer1.3"):
-        load_weights(create_model("cifar_resnet56"), tmp_path / "r20.pt")
+        load_weights(load_model("cifar_resnet56", None)[0], tmp_path / "r20.pt")
 
 
 def test_malicious_pickle_runs_no_code(tmp_path):
@@ -118,4 +118,4 @@ def test_corrupt_weights_file(tmp_path):
 def test_reference_checkpoints_load_unchanged(shared):
     for depth in (20, 32, 44, 56):
         files = list((shared / "weights" / "cifar10-resnet").glob(f"resnet{depth}-*.th"))
-        load_weights(create_model(f"cifar_resnet{depth}"), files[0])
+        load_weights(load_model(f"cifar_resnet{depth}", None)[0], files[0])

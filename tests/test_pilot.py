@@ -4,10 +4,11 @@ from statistics import NormalDist
 import pytest
 import torch
 
-import chipprune.pilot as pilot
 from chipprune import Calibration, ChipPruneError, load_model
 from chipprune.cli import main
-from chipprune.pilot import LevelResult, paired_drop_interval, recommend, wilson_interval
+from chipprune.evaluation.latency import Comparison
+from chipprune.pilot import PilotSettings, paired_drop_interval, recommend, run_pilot, sensitivity, wilson_interval
+from chipprune.results import PilotLevel
 
 
 def test_wilson_interval_known_answers():
@@ -32,7 +33,8 @@ def test_paired_drop_interval():
 
 
 def _level(target, macs, drop_high):
-    return LevelResult(target, 1, macs, 1.0, 90.0, 89.0, 91.0, drop_high - 0.5, drop_high - 1.0, drop_high, 0)
+    timing = Comparison(2.0, 1.0, 2.0, 2.0, 2.0, 3, "cpu")
+    return PilotLevel(target, 1, macs, 90.0, 89.0, 91.0, drop_high - 0.5, drop_high - 1.0, drop_high, 0, timing, timing)
 
 
 def test_recommendation_rule():
@@ -43,8 +45,11 @@ def test_recommendation_rule():
 
 
 def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, monkeypatch):
+    import chipprune.pilot.sweep as sweep
+    import chipprune.scoring.criteria as criteria
+
     calls = {"score": 0, "prune": 0}
-    real_score, real_prune = pilot.score_groups, pilot.prune_model
+    real_score, real_prune = criteria.score_groups, sweep.apply_plan
 
     def counting_score(*a, **k):
         calls["score"] += 1
@@ -54,42 +59,62 @@ def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, mon
         calls["prune"] += 1
         return real_prune(*a, **k)
 
-    monkeypatch.setattr(pilot, "score_groups", counting_score)
-    monkeypatch.setattr(pilot, "prune_model", counting_prune)
-    model, spec = load_model("cifar_resnet56", "bundled")
+    monkeypatch.setattr(criteria, "score_groups", counting_score)
+    monkeypatch.setattr(sweep, "apply_plan", counting_prune)
+    torch.manual_seed(0)
+    model, spec = load_model("cifar_resnet20", None)
     calib = Calibration(images=64, batch_size=32)
-    summary = pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5, 0.8, 0.65], calibration=calib, progress=False)
+    settings = PilotSettings(levels=(0.5, 0.8, 0.65))
+    report = run_pilot(model, spec, "bundled", tmp_path, settings, calibration=calib, progress=False)
     assert calls == {"score": 1, "prune": 3}  # scores computed once, reused by every level
-    macs = [lv["macs"] for lv in summary["levels"]]
-    assert [lv["target"] for lv in summary["levels"]] == [0.8, 0.65, 0.5] and macs == sorted(macs, reverse=True)
-    assert all(abs(lv["macs"] / summary["baseline"]["macs"] - lv["target"]) < 0.01 for lv in summary["levels"])
+    macs = [lv.macs for lv in report.levels]
+    assert [lv.target for lv in report.levels] == [0.8, 0.65, 0.5] and macs == sorted(macs, reverse=True)
+    assert all(abs(lv.macs / report.baseline.macs - lv.target) < 0.01 for lv in report.levels)
     assert {"pilot.json", "pilot.md", "pilot.png", "scores.safetensors"} <= {p.name for p in tmp_path.iterdir()}
     page = (tmp_path / "pilot.md").read_text()
     assert "## Recommendation" in page and "latency b=1" in page and "latency b=64" in page
-    assert all(lv["throughput_ms"] > lv["latency_ms"] > 0 for lv in summary["levels"])  # 64 images take longer than 1
+    # Each level is timed against the original in the same rounds: fewer MACs, faster (on the tests' steady clock).
+    assert all(lv.throughput.after_ms > lv.latency.after_ms > 0 and lv.latency.speedup > 1 for lv in report.levels)
+    assert report.baseline.latency_ms == report.levels[0].latency.before_ms
+    saved = json.loads((tmp_path / "pilot.json").read_text())
+    assert saved["levels"][0]["latency"]["speedup"] == report.levels[0].latency.speedup
 
     (tmp_path / "levels" / "macs-0.650.json").unlink()  # as if interrupted before this level finished
-    again = pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5, 0.8, 0.65], calibration=calib, progress=False)
+    again = run_pilot(model, spec, "bundled", tmp_path, settings, calibration=calib, progress=False)
     assert calls == {"score": 1, "prune": 4}  # scores reloaded, only the missing level redone
-    assert again["levels"][0] == summary["levels"][0]
+    assert again.levels[0] == report.levels[0]
 
-    # Results of other settings are never mixed in: other weights or another rounding are refused.
+    # Results of other settings are never mixed in: other weights, another rounding or criterion are refused.
     with pytest.raises(ChipPruneError, match=r"other settings \(round_to 1 -> 8\)"):
-        pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5], calibration=calib, round_to=8, progress=False)
+        run_pilot(model, spec, "bundled", tmp_path, PilotSettings(levels=(0.5,), round_to=8), calibration=calib, progress=False)
     with pytest.raises(ChipPruneError, match=r"criterion 'chip' -> 'l1'"):
-        pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5], calibration=calib, criterion="l1", progress=False)
-    assert json.loads((tmp_path / "baseline_latency.json").read_text())["latency_ms"] == summary["baseline"]["latency_ms"]
-    assert again["baseline"]["latency_ms"] == summary["baseline"]["latency_ms"]  # timed once per folder, like the levels
+        run_pilot(model, spec, "bundled", tmp_path, PilotSettings(levels=(0.5,), criterion="l1"), calibration=calib, progress=False)
     with torch.no_grad():
         model.conv1.weight.mul_(1.01)
     with pytest.raises(ChipPruneError, match="other settings \\(the model's weights\\)"):
-        pilot.run_pilot(model, spec, "bundled", tmp_path, levels=[0.5], calibration=calib, progress=False)
+        run_pilot(model, spec, "bundled", tmp_path, PilotSettings(levels=(0.5,)), calibration=calib, progress=False)
     assert calls == {"score": 1, "prune": 4}
+
+
+@pytest.mark.parametrize("criterion", ["l1", "random"])
+def test_pilot_runs_with_criteria_that_need_no_images(criterion, tmp_path, capsys):
+    out = tmp_path / "pilot"
+    assert main(["pilot", "--model", "cifar_resnet20", "--weights", "none", "--criterion", criterion, "--levels", "0.8",
+                 "--calib-images", "32", "--out", str(out), "--quiet"]) == 0
+    assert f"Channels ranked by {criterion.upper()}" in (out / "pilot.md").read_text()
+    assert json.loads((out / "settings.json").read_text())["criterion"] == criterion
+    assert "recommendation:" in capsys.readouterr().out
+
+
+def test_pilot_settings_are_checked():
+    for bad in [dict(levels=()), dict(levels=(1.2,)), dict(confidence=1.0), dict(round_to=0), dict(criterion="magic")]:
+        with pytest.raises(ChipPruneError):
+            PilotSettings(**bad)
 
 
 def test_sensitivity_suggests_a_plan_prune_accepts(tmp_path):
     model, spec = load_model("cifar_resnet20", "none")
-    result = pilot.sensitivity(model, spec, "bundled", tmp_path, ratios=[0.5], calibration=Calibration(images=32, batch_size=32),
+    result = sensitivity(model, spec, "bundled", tmp_path, ratios=[0.5], calibration=Calibration(images=32, batch_size=32),
                                max_drop=100.0, progress=False)
     assert len(result["drops"]) == 12 and all("0.5" in d for d in result["drops"].values())
     plan = json.loads((tmp_path / "suggested_plan.json").read_text())

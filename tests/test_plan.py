@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from chipprune import ChipPruneError, get_model_spec
-from chipprune.models import create_model
-from chipprune.pipeline import prunable_groups
-from chipprune.plan import channels_to_keep, make_plan, parse_sparsity, select_top
+from chipprune import ChipPruneError, get_model_spec, load_model
+from chipprune.planning import channels_to_keep, parse_sparsity, ratios_for
+from chipprune.surgery import prunable_groups, select_top
 
 
 def test_parse_paper_strings():
@@ -20,7 +19,7 @@ def test_malformed_sparsity_strings_are_refused(bad):
 
 
 def _groups(name):
-    model = create_model(name)
+    model = load_model(name, None)[0]
     spec = get_model_spec(name)
     _, groups, _ = prunable_groups(model, spec)
     return model, spec, groups
@@ -28,7 +27,7 @@ def _groups(name):
 
 def test_resnet56_paper_plan_maps_entries_to_coupled_groups():
     model, spec, groups = _groups("cifar_resnet56")
-    plan, notes = make_plan("[0.]+[0.15]*2+[0.4]*27", spec, groups, model)
+    plan, notes = ratios_for("[0.]+[0.15]*2+[0.4]*27", spec, groups, model)
     assert plan["conv1"] == 0.15  # stem + stage-1 stream: one coupled group
     assert plan["layer2.0.conv2"] == 0.15  # stage-2 stream
     assert plan["layer3.0.conv2"] == 0.0  # stage-3 stream: never pruned by the paper strings
@@ -39,21 +38,21 @@ def test_resnet56_paper_plan_maps_entries_to_coupled_groups():
 def test_wrong_entry_count_explains_the_layout():
     model, spec, groups = _groups("cifar_resnet56")
     with pytest.raises(ChipPruneError, match=r"has 3 entries but cifar_resnet56 needs 30 .*stage-2 output"):
-        make_plan("[0.1]*3", spec, groups, model)
+        ratios_for("[0.1]*3", spec, groups, model)
 
 
 def test_single_ratio_applies_to_every_group():
     model, spec, groups = _groups("cifar_resnet20")
-    plan, _ = make_plan("0.3", spec, groups, model)
+    plan, _ = ratios_for("0.3", spec, groups, model)
     assert set(plan.values()) == {0.3} and len(plan) == len(groups)
     with pytest.raises(ChipPruneError):
-        make_plan("1.5", spec, groups, model)
+        ratios_for("1.5", spec, groups, model)
 
 
 def test_a_plan_file_naming_one_layer_of_a_coupled_group_says_the_group_follows(tmp_path):
     model, spec, groups = _groups("cifar_resnet20")
     (tmp_path / "plan.json").write_text('{"layer2.1.conv2": 0.25, "layer1.*.conv1": 0.5}')
-    plan, notes = make_plan(str(tmp_path / "plan.json"), spec, groups, model)
+    plan, notes = ratios_for(str(tmp_path / "plan.json"), spec, groups, model)
     stream = next(g for g in groups if "layer2.1.conv2" in g.members)
     assert plan[stream.name] == 0.25 and plan["layer1.0.conv1"] == 0.5
     assert notes == [f"'layer2.1.conv2' shares its channels with {len(stream.members) - 1} more layer(s) "
@@ -62,7 +61,7 @@ def test_a_plan_file_naming_one_layer_of_a_coupled_group_says_the_group_follows(
 
 def test_vgg_paper_plan():
     model, spec, groups = _groups("cifar_vgg16_bn")
-    plan, _ = make_plan("[0.21]*7+[0.75]*5", spec, groups, model)
+    plan, _ = ratios_for("[0.21]*7+[0.75]*5", spec, groups, model)
     assert plan["features.conv0"] == 0.21 and plan["features.conv14"] == 0.75
     assert plan["features.conv16"] == 0.0 and plan["classifier.linear1"] == 0.0
 

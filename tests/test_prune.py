@@ -4,10 +4,9 @@ import torch
 
 import chipprune
 from chipprune import Calibration, get_model_spec, load_model, load_pruned, prune, save_pruned
-from chipprune.graph import prune_group
-from chipprune.metrics import count_macs, count_params
-from chipprune.models import create_model
-from chipprune.pipeline import prunable_groups
+from chipprune.surgery import prune_group
+from chipprune.evaluation.metrics import count_macs, count_params
+from chipprune.surgery import prunable_groups
 
 QUICK = Calibration(images=64, batch_size=32)
 
@@ -34,7 +33,7 @@ def test_removing_dead_channels_keeps_outputs_exactly():
     """Residual streams, option-A shortcuts and inner convs: removing channels that carry zeros must not
     change the output. A misaligned shortcut (the official code's bug) would."""
     torch.manual_seed(0)
-    model = create_model("cifar_resnet20").eval()
+    model = load_model("cifar_resnet20", None)[0].eval()
     _randomise_batchnorm(model)
     spec = get_model_spec("cifar_resnet20")
     dg, groups, _ = prunable_groups(model, spec)
@@ -79,11 +78,10 @@ def test_paper_setting_gives_the_planned_widths_and_sizes():
     assert all(b.conv2.out_channels == 64 for b in m.layer3)
     assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
     r = result.report
-    for key in ("params_before", "params_after", "macs_before", "macs_after"):
-        assert isinstance(r[key], int)
-    assert r["params_after"] == count_params(m) and r["macs_after"] == count_macs(m, 32)
+    assert all(isinstance(n, int) for n in (r.params_before, r.params_after, r.macs_before, r.macs_after))
+    assert r.params_after == count_params(m) and r.macs_after == count_macs(m, 32)
     # Paper: 0.48M params, 65.94M MACs (65.17M conv + linear; we prune the stem with stage 1: 64.84M).
-    assert round(r["params_after"] / 1e6, 2) == 0.49 and 64.0e6 < r["macs_after"] < 65.2e6
+    assert round(r.params_after / 1e6, 2) == 0.49 and 64.0e6 < r.macs_after < 65.2e6
 
 
 def test_save_and_reload_give_identical_outputs(tmp_path):
@@ -100,7 +98,7 @@ def test_save_and_reload_give_identical_outputs(tmp_path):
 
 
 def test_vgg_paper_setting_prunes_and_runs():
-    model = create_model("cifar_vgg16_bn").eval()
+    model = load_model("cifar_vgg16_bn", None)[0].eval()
     spec = get_model_spec("cifar_vgg16_bn")
     result = prune(model, spec, calibration=QUICK, evaluate_on=False, recalibrate_bn=False, progress=False)
     widths = [m.out_channels for n, m in result.model.features.named_children() if n.startswith("conv")]

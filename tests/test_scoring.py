@@ -2,12 +2,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from chipprune import ChipPruneError, Calibration, get_model_spec, score
-from chipprune.independence import channel_independence, channel_independence_per_image
-from chipprune.models import create_model
-from chipprune.pipeline import prunable_groups
+from chipprune import ChipPruneError, Calibration, get_model_spec, load_model, score
+from chipprune.scoring.independence import channel_independence, channel_independence_per_image
+from chipprune.surgery import prunable_groups
 from chipprune.scoring import UNSTABLE_BELOW, score_groups, spearman
-from chipprune.summary import score_summary
+
+from chipprune.reporting.console import score_summary
 
 
 def test_spearman_known_answers():
@@ -36,11 +36,11 @@ def _batches(n_batches, batch, seed=0):
 
 
 def test_streaming_equals_scoring_all_images_at_once():
-    model = create_model("cifar_resnet20").eval()
+    model = load_model("cifar_resnet20", None)[0].eval()
     _, groups, _ = prunable_groups(model, get_model_spec("cifar_resnet20"))
     batches = _batches(3, 8)
-    streamed = score_groups(model, groups, batches, progress=False)
-    at_once = score_groups(model, groups, [(torch.cat([b[0] for b in batches]), None)], progress=False)
+    streamed = score_groups(model, groups, batches, channel_independence_per_image, progress=False)
+    at_once = score_groups(model, groups, [(torch.cat([b[0] for b in batches]), None)], channel_independence_per_image, progress=False)
     for name in streamed:
         assert torch.allclose(streamed[name].scores, at_once[name].scores, rtol=1e-9)
         assert streamed[name].images == 24
@@ -48,13 +48,13 @@ def test_streaming_equals_scoring_all_images_at_once():
 
 def test_interchangeable_channels_give_an_instability_warning():
     # Pure-noise channels are statistically identical: two halves of the images rank them at random.
-    from chipprune.graph import ChannelGroup, FeatureSource
+    from chipprune.surgery import ChannelGroup, FeatureSource
 
     idx = torch.arange(16)
     group = ChannelGroup("noise", 16, ["noise"], [FeatureSource("0", "input", idx, idx)])
     g = torch.Generator().manual_seed(0)
     batches = [(torch.rand(8, 16, 6, 6, generator=g), None) for _ in range(2)]
-    scores = score_groups(nn.Sequential(nn.Conv2d(16, 2, 1)), [group], batches, progress=False)
+    scores = score_groups(nn.Sequential(nn.Conv2d(16, 2, 1)), [group], batches, channel_independence_per_image, progress=False)
     assert scores["noise"].split_half_spearman < UNSTABLE_BELOW
     assert "warning: 1 group(s)" in score_summary(scores, 16, 1.0, "x.safetensors")
 
@@ -66,34 +66,34 @@ def test_real_weights_rank_stably_on_640_images():
 
 
 def test_nan_feature_map_names_the_layer_and_hooks_are_removed():
-    model = create_model("cifar_resnet20").eval()
+    model = load_model("cifar_resnet20", None)[0].eval()
     _, groups, _ = prunable_groups(model, get_model_spec("cifar_resnet20"))
     model.layer2[1].bn1.weight.data[3] = float("nan")
     with pytest.raises(ChipPruneError, match=r"layer2\.1\.conv2 .*NaN"):
-        score_groups(model, groups, _batches(1, 2), progress=False)
+        score_groups(model, groups, _batches(1, 2), channel_independence_per_image, progress=False)
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 
 def test_scoring_leaves_the_model_as_it_found_it():
-    from chipprune.graph import ChannelGroup, FeatureSource
+    from chipprune.surgery import ChannelGroup, FeatureSource
 
-    model = create_model("cifar_resnet20").train()
+    model = load_model("cifar_resnet20", None)[0].train()
     _, groups, _ = prunable_groups(model, get_model_spec("cifar_resnet20"))
     assert model.training  # tracing restores the mode too
-    score_groups(model, groups, _batches(1, 2), progress=False)
+    score_groups(model, groups, _batches(1, 2), channel_independence_per_image, progress=False)
     assert model.training
     # A group naming a layer the model lacks is refused before any hook is placed.
     ghost = ChannelGroup("ghost", 16, ["nowhere"], [FeatureSource("nowhere", "output", torch.arange(16), torch.arange(16))])
     with pytest.raises(ChipPruneError, match="no module named 'nowhere'"):
-        score_groups(model, [*groups, ghost], _batches(1, 2), progress=False)
+        score_groups(model, [*groups, ghost], _batches(1, 2), channel_independence_per_image, progress=False)
     assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 
 def test_group_without_visible_map_is_refused():
-    from chipprune.graph import ChannelGroup
+    from chipprune.surgery import ChannelGroup
 
     with pytest.raises(ChipPruneError, match="no feature map"):
-        score_groups(nn.Conv2d(3, 4, 1), [ChannelGroup("x", 4, ["x"], [])], _batches(1, 2), progress=False)
+        score_groups(nn.Conv2d(3, 4, 1), [ChannelGroup("x", 4, ["x"], [])], _batches(1, 2), channel_independence_per_image, progress=False)
 
 
 class _TwoViews(nn.Module):
@@ -110,7 +110,7 @@ class _TwoViews(nn.Module):
 
 
 def test_group_score_is_the_mean_of_nuclear_normalised_ci_over_its_maps():
-    from chipprune.graph import ChannelGroup, FeatureSource
+    from chipprune.surgery import ChannelGroup, FeatureSource
 
     torch.manual_seed(1)
     perm = torch.randperm(6)
@@ -119,7 +119,7 @@ def test_group_score_is_the_mean_of_nuclear_normalised_ci_over_its_maps():
     ident = torch.arange(6)
     # Map b's channel i carries root channel perm[i].
     group = ChannelGroup("g", 6, ["g"], [FeatureSource("a", "input", ident, ident), FeatureSource("b", "input", ident, perm)])
-    got = score_groups(_TwoViews(perm), [group], [(x, None)], progress=False)["g"]
+    got = score_groups(_TwoViews(perm), [group], [(x, None)], channel_independence_per_image, progress=False)["g"]
     ci, nuclear = channel_independence_per_image(x)
     expected = ci.mean(0) / nuclear.mean()  # both maps give this: CI and nuclear norm scale alike
     assert torch.allclose(got.scores, expected, rtol=1e-9)
@@ -143,8 +143,8 @@ class _InPlaceAfterUse(nn.Module):
 
 
 def test_maps_changed_in_place_after_use_are_scored_as_seen(monkeypatch):
-    from chipprune.graph import ChannelGroup, FeatureSource
-    import chipprune.scoring as scoring
+    from chipprune.surgery import ChannelGroup, FeatureSource
+    import chipprune.scoring.streaming as scoring
 
     idx = torch.arange(6)
     group = ChannelGroup("h", 6, ["conv1"], [FeatureSource("conv2", "input", idx, idx)])
@@ -154,6 +154,6 @@ def test_maps_changed_in_place_after_use_are_scored_as_seen(monkeypatch):
         expected = channel_independence(torch.relu(model.conv1(x)))
     for pending_bytes in (0, 2**30):  # scored at once, or held until the batch ends
         monkeypatch.setattr(scoring, "PENDING_BYTES", pending_bytes)
-        got = score_groups(model, [group], [(x, None)], progress=False)["h"].scores
+        got = score_groups(model, [group], [(x, None)], channel_independence_per_image, progress=False)["h"].scores
         nuclear = channel_independence_per_image(torch.relu(model.conv1(x)).detach())[1].mean()
         assert torch.allclose(got, expected / nuclear, rtol=1e-9)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from chipprune.train import RECIPES, build_scheduler, read_checkpoint
+from chipprune.training import RECIPES, build_scheduler, read_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 

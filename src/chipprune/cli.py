@@ -1,4 +1,4 @@
-"""Command line: each subcommand parses its options and calls the library (``chipprune.pipeline``)."""
+"""Command line: each subcommand parses its options and calls the library; no logic of its own."""
 
 from __future__ import annotations
 
@@ -13,32 +13,26 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .data import BUNDLED, open_data
+from .data.calibration import Calibration
+from .data.sources import BUNDLED, open_data
 from .errors import ChipPruneError
-from .files import read_json, save_tensors, write_json
-from .models.registry import get_model_spec, list_models
-from .criteria import CRITERIA_NAMES
-from .export import export_onnx
-from .distributed import barrier, setup_distributed, teardown_distributed
-from .finetuning import finetune, train_from_scratch
-from .train import RECIPES, TrainConfig, recipe_with
-from .latency import compare_latency, measure_latency, measure_onnx_latency
-from .metrics import count_macs, count_params, evaluate
-from .models.registry import create_model
-from .pilot import pilot_markdown, run_pilot, sensitivity
-from .pipeline import (
-    Calibration,
-    load_model,
-    open_pruned,
-    make_latency_plan,
-    make_pruning_plan,
-    prunable_groups,
-    prune,
-    save_pruned,
-    score,
-)
-from .plan import PAPER_SPARSITY
-from .summary import plan_summary, prune_summary, score_summary
+from .evaluation.latency import compare_latency, measure_latency, measure_onnx_latency
+from .evaluation.metrics import count_macs, count_params, evaluate
+from .io.atomic import save_tensors, write_json
+from .io.onnx import export_onnx
+from .io.pruned import open_pruned, read_report, save_pruned
+from .models.registry import get_model_spec, list_models, load_model
+from .pilot import PilotSettings, run_pilot, sensitivity
+from .pipeline import plan, prune, score
+from .planning.request import PlanRequest
+from .reporting.console import plan_summary, prune_summary, score_summary, speedup_text
+from .reporting.markdown import pilot_markdown
+from .results import FinetuneReport
+from .runtime import barrier, resolve_device, setup_distributed, teardown_distributed
+from .scoring.criteria import CRITERIA
+from .training.finetune import finetune, train_from_scratch
+from .training.loop import TrainConfig
+from .training.recipes import RECIPES, recipe_with
 
 DEFAULT_MODEL = "cifar_resnet56"
 
@@ -52,24 +46,12 @@ def _folder_data(folder: str | Path, data: str | None) -> str:
     """``data`` when given, else the data ``folder``'s run recorded (if it is still there), else the bundled sample."""
     if data is not None:
         return data
-    report = Path(folder) / "report.json"
-    recorded = read_json(report).get("data_path") if report.is_file() else None
+    recorded = read_report(folder).get("data_path")
     if recorded and (recorded == BUNDLED or Path(recorded).exists()):
         return recorded
     if recorded:
         warnings.warn(f"the data {folder} was made with ({recorded}) is not there any more; using the bundled sample (--data names other data)")
     return BUNDLED
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ChipPruneError("--device cuda was asked for but no CUDA device is available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ChipPruneError(f"unknown --device '{name}'; use auto, cpu, cuda or cuda:N") from None
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -99,8 +81,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128, help="calibration batch size (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed for image choice and augmentation")
     p.add_argument(
-        "--criterion", default="chip", choices=list(CRITERIA_NAMES),
-        help="chip (default), hrank (mean map rank), l1 (weight magnitude), random",
+        "--criterion", default="chip", choices=list(CRITERIA),
+        help="; ".join(f"{c.name}: {c.description}" for c in CRITERIA.values()) + " (default chip)",
     )
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -117,14 +99,14 @@ def cmd_models(args: argparse.Namespace) -> None:
     print(f"{'name':24}{'family':14}{'input':>7}  notes")
     for name in names:
         spec = get_model_spec(name)
-        note = spec.notes + (f"; paper sparsity {PAPER_SPARSITY[name]}" if name in PAPER_SPARSITY else "")
+        note = spec.notes + (f"; paper sparsity {spec.paper_sparsity}" if spec.paper_sparsity else "")
         print(f"{name:24}{spec.family:14}{spec.image_size:>7}  {note}")
     print(f"\n{len(names)} models")
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     # Under torchrun each process scores its share of the images; process 0 writes the result.
-    dist_info = setup_distributed(_device(args.device))
+    dist_info = setup_distributed(resolve_device(args.device))
     device = dist_info.device
     torch.manual_seed(args.seed)  # the same random initialisation everywhere for --weights none
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
@@ -153,48 +135,34 @@ def cmd_score(args: argparse.Namespace) -> None:
     print(score_summary(scores, images, seconds, str(out)))
 
 
+def _plan_request(args: argparse.Namespace) -> PlanRequest:
+    return PlanRequest(
+        sparsity=args.sparsity, target_macs=args.target_macs, target_latency=args.target_latency, round_to=args.round_to,
+        ignored=tuple(args.ignore), latency_batch_sizes=tuple(args.latency_batch), latency_table=args.latency_table,
+        max_shared_ratio=args.max_shared_ratio,
+    )
+
+
 def cmd_prune(args: argparse.Namespace) -> None:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)  # the same random initialisation in every run for --weights none
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     model.to(device)
-    if args.dry_run:
-        _, groups, _ = prunable_groups(model, spec, args.ignore)
-        if args.target_latency is None:
-            plan = make_pruning_plan(model, spec, groups, sparsity=args.sparsity, target_macs=args.target_macs, round_to=args.round_to)
-        else:  # the search needs the scores; they are computed and dropped
-            scores = score(model, spec, _calibration(args), groups=groups, criterion=args.criterion, device=device,
-                           progress=not args.quiet)
-            plan = make_latency_plan(model, spec, groups, scores, args.target_latency, batch_sizes=args.latency_batch,
-                                     table=args.latency_table, max_shared_ratio=args.max_shared_ratio, device=device,
-                                     progress=not args.quiet)
-        print(plan_summary(spec.name, groups, plan, count_params(model), count_macs(model, spec.image_size), spec.image_size))
+    request = _plan_request(args)
+    if args.dry_run:  # a latency budget scores every group to plan; the scores are dropped
+        groups, found = plan(model, spec, request, calibration=_calibration(args), criterion=args.criterion, device=device,
+                             progress=not args.quiet)
+        print(plan_summary(spec.name, groups, found, count_params(model), count_macs(model, spec.image_size), spec.image_size))
         return
-    result = prune(
-        model,
-        spec,
-        sparsity=args.sparsity,
-        target_macs=args.target_macs,
-        round_to=args.round_to,
-        ignored=args.ignore,
-        calibration=_calibration(args),
-        criterion=args.criterion,
-        evaluate_on=not args.no_eval,
-        recalibrate_bn=not args.no_bn_recalibration,
-        device=device,
-        progress=not args.quiet,
-        target_latency=args.target_latency,
-        latency_batch_sizes=args.latency_batch,
-        latency_table=args.latency_table,
-        max_shared_ratio=args.max_shared_ratio,
-    )
+    result = prune(model, spec, request, calibration=_calibration(args), criterion=args.criterion, evaluate_on=not args.no_eval,
+                   recalibrate_bn=not args.no_bn_recalibration, device=device, progress=not args.quiet)
     folder = Path(args.out) if args.out else Path("chipprune-out") / spec.name.replace(":", "_")
     save_pruned(result, folder)
     print(prune_summary(result.report, result.record, str(folder), args.verbose))
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     model, record, spec = open_pruned(args.folder, device, model=args.model)
     params, macs = count_params(model), count_macs(model, spec.image_size)
     print(f"{record['model']} (pruned, {args.folder}): params {params:,}, MACs {macs:,}")
@@ -203,7 +171,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         acc = evaluate(model, source.test_loader(spec), device, progress=not args.quiet)
         print(f"top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['images']} test images of {source.description}")
     if args.latency:
-        original = create_model(spec.name, record.get("num_classes"))
+        original = spec.build(record.get("num_classes"))
         base_macs = count_macs(original, spec.image_size)
         print(f"\nlatency on {device} ({torch.get_num_threads()} threads), {spec.image_size}x{spec.image_size} images:")
         print(f"{'runtime':14}{'batch':>6}{'original ms':>13}{'pruned ms':>11}{'speed-up':>10}{'(rounds)':>14}{'MAC reduction':>15}")
@@ -250,22 +218,24 @@ def _train_config(args: argparse.Namespace, out: Path) -> TrainConfig:
     )
 
 
-def _print_training(report: dict | None, out: Path) -> None:
+def _print_training(report: FinetuneReport | None, out: Path) -> None:
     if report is None:  # not the main process
         return
-    f = report["finetune"]
-    before = f"{report['top1_before']:.2f}% -> " if report.get("top1_before") is not None else ""
+    f, epochs = report.finetune, report.finetune.recipe["epochs"]
+    before = f"{report.top1_before:.2f}% -> " if report.top1_before is not None else ""
     print(
-        f"{report['model']}: test top-1 {before}{report['top1_after']:.2f}% on {report['test_images']} images "
-        f"after {f['recipe']['epochs']} epoch{'s' * (f['recipe']['epochs'] != 1)} (selected epoch {f['selected_epoch']}); "
-        f"params {report['params_after']:,}, MACs {report['macs_after']:,}"
+        f"{report.model}: test top-1 {before}{report.top1_after:.2f}% on {report.test_images} images "
+        f"after {epochs} epoch{'s' * (epochs != 1)} (selected epoch {f.selected_epoch}); "
+        f"params {report.params_after:,}, MACs {report.macs_after:,}"
     )
+    for batch, c in report.latency_ms.items():
+        print(f"latency at batch {batch} on {c.device}: {c.before_ms:.2f} -> {c.after_ms:.2f} ms, {speedup_text(c)}")
     print(f"saved: {out}/ (model.safetensors, pruning.json, report.json, report.md, metrics.csv, plots)")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.folder) / "finetuned"
-    report = finetune(args.folder, _folder_data(args.folder, args.data), _train_config(args, out), _device(args.device),
+    report = finetune(args.folder, _folder_data(args.folder, args.data), _train_config(args, out), resolve_device(args.device),
                       model=args.model)
     _print_training(report, out)
 
@@ -273,7 +243,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path("chipprune-out") / f"{args.model.replace(':', '_')}-trained"
     report = train_from_scratch(
-        args.model, args.data, _train_config(args, out), _device(args.device), image_size=args.image_size,
+        args.model, args.data, _train_config(args, out), resolve_device(args.device), image_size=args.image_size,
         num_classes=args.num_classes, weights=args.weights,
     )
     _print_training(report, out)
@@ -286,14 +256,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     # Under torchrun, process 0 prunes alone, before the processes join up; the others wait for it.
     if int(os.environ.get("RANK", "0")) == 0:
         cmd_prune(args)
-    setup_distributed(_device(args.device))
+    setup_distributed(resolve_device(args.device))
     barrier()
-    report = finetune(root / "pruned", args.data, _train_config(args, root / "finetuned"), _device(args.device), model=args.model)
+    report = finetune(root / "pruned", args.data, _train_config(args, root / "finetuned"), resolve_device(args.device), model=args.model)
     _print_training(report, root / "finetuned")
 
 
 def cmd_pilot(args: argparse.Namespace) -> None:
-    device = _device(args.device)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     out = Path(args.out) if args.out else Path("chipprune-out") / f"{spec.name.replace(':', '_')}-pilot"
@@ -304,14 +274,13 @@ def cmd_pilot(args: argparse.Namespace) -> None:
         print(f"\nsuggested plan ({len(result['suggested_plan'])} groups): {out}/suggested_plan.json "
               f"(use: chipprune prune --sparsity {out}/suggested_plan.json); chart: {out}/sensitivity.png")
         return
-    summary = run_pilot(model, spec, args.data, out, levels=args.levels, calibration=calibration,
-                        finetune_epochs=args.finetune_epochs, max_drop=args.max_drop, confidence=args.confidence,
-                        round_to=args.round_to, throughput_batch=args.throughput_batch, criterion=args.criterion, device=device,
-                        progress=not args.quiet)
+    settings = PilotSettings(tuple(args.levels), args.finetune_epochs, args.max_drop, args.confidence, args.round_to,
+                             args.throughput_batch, args.criterion)
+    report = run_pilot(model, spec, args.data, out, settings, calibration=calibration, device=device, progress=not args.quiet)
     print()
-    print(pilot_markdown(summary).split("![")[0].strip())
-    rec = summary["recommended"]
-    print(f"\nrecommendation: {'prune to ' + format(rec['target'], '.0%') + ' of the MACs' if rec else 'none of the levels is safe'}"
+    print(pilot_markdown(report).split("![")[0].strip())
+    rec = report.recommended
+    print(f"\nrecommendation: {'prune to ' + format(rec.target, '.0%') + ' of the MACs' if rec else 'none of the levels is safe'}"
           f" (max drop {args.max_drop} point(s) at {args.confidence:.0%} confidence); report: {out}/pilot.md, plot: {out}/pilot.png")
 
 

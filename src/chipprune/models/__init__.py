@@ -1,8 +1,9 @@
-"""Model registry and the CIFAR model definitions."""
+"""Models: the registry of names, chipprune's CIFAR definitions, torchvision's, and users' own."""
 
 from .cifar_resnet import CifarResNet, PadShortcut, cifar_resnet
 from .cifar_vgg import CifarVGG, cifar_vgg16_bn
-from .registry import ModelSpec, create_model, get_model_spec, list_models
+from .registry import get_model_spec, list_models, load_model
+from .spec import LayoutEntry, ModelSpec
 
 __all__ = [
     "CifarResNet",
@@ -10,8 +11,9 @@ __all__ = [
     "cifar_resnet",
     "CifarVGG",
     "cifar_vgg16_bn",
+    "LayoutEntry",
     "ModelSpec",
-    "create_model",
     "get_model_spec",
     "list_models",
+    "load_model",
 ]

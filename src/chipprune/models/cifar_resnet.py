@@ -3,14 +3,24 @@
 Module names, shortcut and initialisation follow the widely used reference implementation
 (Yerlan Idelbayev's ``resnet_cifar10``) so its checkpoints load unchanged. The ReLUs are modules
 (``relu1``, ``relu2``) so hooks can see the post-activation maps; they hold no parameters.
+
+Declared here too (``MODELS``): their paper sparsity strings and the layers those strings name, and
+the Torch-Pruning pruner that keeps the option-A shortcut's channels aligned.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from functools import partial
+
 import torch
 import torch.nn as nn
+import torch_pruning as tp
 
-__all__ = ["PadShortcut", "BasicBlock", "CifarResNet", "cifar_resnet"]
+from .spec import IMAGENET_MEAN, IMAGENET_STD, LayoutEntry, ModelSpec
+
+__all__ = ["PadShortcut", "PadShortcutPruner", "BasicBlock", "CifarResNet", "cifar_resnet", "MODELS"]
 
 
 def _pad_gather(x: torch.Tensor, gather_index: torch.Tensor, stride: int) -> torch.Tensor:
@@ -138,3 +148,71 @@ def cifar_resnet(depth: int, num_classes: int = 10) -> CifarResNet:
     if (depth - 2) % 6 != 0:
         raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
     return CifarResNet((depth - 2) // 6, num_classes)
+
+
+class PadShortcutPruner(tp.pruner.BasePruningFunc):
+    """Teaches Torch-Pruning the option-A shortcut: input and output channels are pruned separately
+    (they belong to two different residual stages), and the input->output slot map stays exact."""
+
+    TARGET_MODULES = PadShortcut
+
+    def prune_out_channels(self, layer: PadShortcut, idxs: Sequence[int]) -> PadShortcut:
+        removed = torch.as_tensor(sorted(set(int(i) for i in idxs)), dtype=torch.long)
+        dst = layer.dst_index.clone()
+        live = dst >= 0
+        hit = torch.isin(dst, removed.to(dst.device)) & live
+        # Each surviving slot moves down by the number of removed slots below it.
+        shift = torch.searchsorted(removed.to(dst.device), dst.clamp_min(0))
+        dst = torch.where(live, dst - shift, dst)
+        dst[hit] = -1
+        layer.dst_index = dst
+        layer.out_channels -= len(removed)
+        return layer
+
+    def prune_in_channels(self, layer: PadShortcut, idxs: Sequence[int]) -> PadShortcut:
+        removed = {int(j) for j in idxs}
+        keep = [i for i in range(layer.in_channels) if i not in removed]
+        layer.dst_index = layer.dst_index[torch.as_tensor(keep, dtype=torch.long, device=layer.dst_index.device)]
+        return layer
+
+    def get_out_channels(self, layer: PadShortcut) -> int:
+        return layer.out_channels
+
+    def get_in_channels(self, layer: PadShortcut) -> int:
+        return layer.in_channels
+
+
+def paper_layout(model: nn.Module) -> list[LayoutEntry]:
+    """The entries of the paper's CIFAR ResNet strings (ResNet-56: 30): stem, stage-1 output,
+    stage-2 output, then the inner conv of every block; stage-3 outputs are never pruned."""
+    n_blocks = len([n for n, _ in model.named_modules() if re.fullmatch(r"layer1\.\d+", n)])
+    entries = [
+        LayoutEntry("stem conv1 (shares its channels with the stage-1 stream)", ("conv1",)),
+        LayoutEntry("stage-1 output (residual stream)", ("layer1.0.conv2",)),
+        LayoutEntry("stage-2 output (residual stream)", ("layer2.0.conv2",)),
+    ]
+    for stage in (1, 2, 3):
+        entries += [LayoutEntry(f"layer{stage}.{b} inner conv", (f"layer{stage}.{b}.conv1",)) for b in range(n_blocks)]
+    return entries
+
+
+_PAPER_SPARSITY = {56: "[0.]+[0.15]*2+[0.4]*27", 110: "[0.]+[0.22]*2+[0.35]*18+[0.45]*36"}
+
+MODELS = [
+    ModelSpec(
+        name=f"cifar_resnet{depth}",
+        factory=partial(cifar_resnet, depth),
+        family="cifar_resnet",
+        image_size=32,
+        num_classes=10,
+        # The reference checkpoints were trained with ImageNet statistics (see their README).
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        bundled_weights="cifar_resnet56.safetensors" if depth == 56 else None,
+        notes="option-A shortcut" + ("; bundled CIFAR-10 weights" if depth == 56 else ""),
+        paper_sparsity=_PAPER_SPARSITY.get(depth),
+        paper_layout=paper_layout,
+        custom_pruners={PadShortcut: PadShortcutPruner()},
+    )
+    for depth in (20, 32, 44, 56, 110)
+]

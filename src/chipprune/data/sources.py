@@ -1,0 +1,174 @@
+"""Datasets: the bundled CIFAR-10 sample, a torchvision CIFAR-10 root, or any ImageFolder tree.
+
+``--data`` accepts:
+  * ``bundled`` (or nothing): 640 CIFAR-10 training images and 1,000 test images shipped in the package;
+  * a folder holding ``cifar-10-batches-py`` (or that folder itself), read without unrestricted pickle;
+  * an ImageFolder root with ``train/`` and ``test/`` (or ``val/``) class folders.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import datasets
+
+from ..errors import ChipPruneError
+from ..models.spec import ModelSpec
+from .transforms import make_loader, make_transform
+
+__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "BUNDLED"]
+
+BUNDLED = "bundled"
+
+
+class ArrayDataset(Dataset):
+    """Images held as a uint8 array (N, H, W, 3) with integer labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = Image.fromarray(self.images[i])
+        return (self.transform(img) if self.transform else img), int(self.labels[i])
+
+
+@dataclass
+class DataSource:
+    """A dataset location with its two splits, built lazily for a given transform."""
+
+    description: str
+    build: Callable[[str, Callable], Dataset]  # (split "train"/"test", transform) -> Dataset
+    image_size: int | None  # native size when known (32 for CIFAR), else None
+    classes: int | None = None  # number of classes when known
+
+    def split(self, split: str, transform: Callable) -> Dataset:
+        return self.build(split, transform)
+
+    def test_loader(self, spec: ModelSpec, batch_size: int = 256) -> DataLoader:
+        """The test split (``test/`` or ``val/``) with ``spec``'s evaluation transform, in order."""
+        return make_loader(self.split("test", make_transform(spec, False, self.image_size)), batch_size)
+
+
+# --- the bundled sample -------------------------------------------------------------------------
+
+
+def _bundled() -> DataSource:
+    path = resources.files("chipprune") / "assets" / "cifar10_sample.npz"
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+
+    def build(split: str, transform: Callable) -> Dataset:
+        return ArrayDataset(arrays[f"{split}_images"], arrays[f"{split}_labels"], transform)
+
+    n_train, n_test = len(arrays["train_labels"]), len(arrays["test_labels"])
+    return DataSource(f"bundled CIFAR-10 sample ({n_train} train, {n_test} test images)", build, 32, 10)
+
+
+# --- torchvision's CIFAR-10 python batches, without unrestricted pickle --------------------------
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickler that only rebuilds numpy arrays and plain containers (no arbitrary code)."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle protocol
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            entry = _CifarUnpickler(f, encoding="latin1").load()
+        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = np.asarray(entry.get("labels", entry.get("fine_labels")), dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as exc:
+        raise ChipPruneError(f"cannot read CIFAR-10 batch {path}: {exc}") from None
+    return np.ascontiguousarray(data), labels
+
+
+def _cifar_root(root: Path) -> DataSource:
+    def build(split: str, transform: Callable) -> Dataset:
+        names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        missing = [n for n in names if not (root / n).is_file()]
+        if missing:
+            raise ChipPruneError(f"CIFAR-10 folder {root} lacks {', '.join(missing)}")
+        parts = [_read_cifar_batch(root / n) for n in names]
+        return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), transform)
+
+    return DataSource(f"CIFAR-10 batches in {root}", build, 32, 10)
+
+
+# --- ImageFolder trees --------------------------------------------------------------------------
+
+
+def _read_image(path: str) -> Image.Image:
+    # Grey-scale, palette and RGBA images are converted; a file PIL cannot read gets a clear error.
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ChipPruneError(f"cannot read image {path}: {exc}") from None
+
+
+def _image_folder(root: Path) -> DataSource:
+    test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+
+    def build(split: str, transform: Callable) -> Dataset:
+        folder = root / "train" if split == "train" else test_dir
+        if not folder.is_dir():
+            raise ChipPruneError(f"{root} has no '{folder.name}/' folder for the {split} split")
+        try:
+            return datasets.ImageFolder(str(folder), transform=transform, loader=_read_image)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise ChipPruneError(f"cannot read images under {folder}: {exc}") from None
+
+    train_dir = root / "train"
+    classes = sum(1 for d in train_dir.iterdir() if d.is_dir()) if train_dir.is_dir() else None
+    return DataSource(f"ImageFolder {root}", build, None, classes)
+
+
+def data_location(path: str | Path | None) -> str:
+    """How a run records its data, so that later commands can default to it: 'bundled' or an absolute path."""
+    return BUNDLED if path is None or str(path) == BUNDLED else str(Path(path).resolve())
+
+
+def open_data(path: str | Path | None) -> DataSource:
+    """Recognise what ``path`` holds and return a DataSource for it (``None``/"bundled": the sample)."""
+    if path is None or str(path) == BUNDLED:
+        return _bundled()
+    root = Path(path)
+    if not root.exists():
+        raise ChipPruneError(f"data path not found: {root}")
+    if (root / "cifar-10-batches-py").is_dir():
+        return _cifar_root(root / "cifar-10-batches-py")
+    if (root / "data_batch_1").is_file() or (root / "test_batch").is_file():
+        return _cifar_root(root)
+    if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
+        return _image_folder(root)
+    raise ChipPruneError(
+        f"{root} is neither a CIFAR-10 root (with cifar-10-batches-py/) nor an ImageFolder root "
+        "(with train/ and test/ or val/ class folders). Use --data bundled for the shipped sample."
+    )

@@ -1,0 +1,90 @@
+"""Load weights from files without running pickled code.
+
+Accepted: safetensors files; ``torch.save`` files read with ``weights_only=True`` holding a state
+dict directly or under ``state_dict`` / ``model`` / ``model_state_dict`` (DataParallel ``module.``
+prefixes are stripped, CUDA-saved tensors are mapped to the CPU).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..errors import ChipPruneError
+
+__all__ = ["read_state_dict", "load_weights"]
+
+_NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``path`` (safetensors or a weights-only torch file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ChipPruneError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ChipPruneError(f"cannot read safetensors file {path}: {exc}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # torch >= 2.4 says "Unsupported global", older versions "Unsupported class".
+            code = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line or "Unsupported class" in line), None)
+            if code is None:  # not code, just bytes the unpickler cannot read
+                raise ChipPruneError(f"cannot read weights file {path}: not a PyTorch file, or truncated or corrupt") from None
+            raise ChipPruneError(
+                f"{path} is not a plain weights file: it needs pickled code to load, which chipprune "
+                f"never runs ({code.split(' was not')[0]}). Save a state_dict or safetensors instead."
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
+            reason = str(exc) or type(exc).__name__
+            raise ChipPruneError(f"cannot read weights file {path}: not a PyTorch file, or truncated or corrupt ({reason})") from None
+    for key in _NESTED_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ChipPruneError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_weights(model: nn.Module, path: str | Path, *, advice: str = "Check that --model names the architecture the weights were trained for.") -> nn.Module:
+    """Load ``path`` into ``model`` strictly; a mismatch names the first differing tensors, then ``advice``."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    # Checkpoints from PyTorch < 0.4.1 lack BatchNorm's step counter; it does not affect outputs.
+    for k in own:
+        if k.endswith("num_batches_tracked") and k not in state:
+            state[k] = own[k]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if wrong_shape:
+            parts.append("shape mismatch " + "; ".join(wrong_shape[:3]))
+        if missing:
+            parts.append("missing " + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+        if unexpected:
+            parts.append("unexpected " + ", ".join(unexpected[:3]) + (" ..." if len(unexpected) > 3 else ""))
+        raise ChipPruneError(
+            f"weights in {path} do not fit this model ({'; '.join(parts)}). {advice}"
+        )
+    # safetensors keeps no per-module version metadata; some modules (torchvision's MNASNet) need it.
+    state = OrderedDict(state)
+    state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
+    model.load_state_dict(state)
+    return model

@@ -1,0 +1,58 @@
+"""torchvision's classification models by name, built with random weights (nothing is downloaded).
+
+Declared here too: the paper's ResNet-50 string, and the layout of the paper's strings for every
+torchvision ResNet-style model (ResNet, ResNeXt, Wide ResNet).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache, partial
+
+import torch.nn as nn
+import torchvision
+
+from .spec import IMAGENET_MEAN, IMAGENET_STD, LayoutEntry, ModelSpec
+
+__all__ = ["names", "spec_for", "resnet_paper_layout"]
+
+_PAPER_SPARSITY = {"resnet50": "[0.]+[0.1]*3+[0.35]*16"}
+
+
+@lru_cache(maxsize=1)
+def names() -> tuple[str, ...]:
+    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+
+
+def resnet_paper_layout(model: nn.Module) -> list[LayoutEntry]:
+    """The entries of the paper's ResNet-50 strings (20): stem, the outputs of every stage but the
+    last, then the inner convs of every block (conv1 and conv2 of a bottleneck)."""
+    module_names = [n for n, _ in model.named_modules()]
+    stages = sorted({n.split(".")[0] for n in module_names if re.fullmatch(r"layer\d+", n)})
+    blocks = [n for n in module_names if re.fullmatch(r"layer\d+\.\d+", n)]
+    last_conv = "conv3" if any(n.endswith(".conv3") for n in module_names) else "conv2"
+    inner = ("conv1", "conv2") if last_conv == "conv3" else ("conv1",)
+    entries = [LayoutEntry("stem (conv1 + max-pool)", ("conv1",))]
+    entries += [LayoutEntry(f"{st} output (residual stream)", (f"{st}.0.{last_conv}",)) for st in stages[:-1]]
+    entries += [LayoutEntry(f"{b} inner convs", tuple(f"{b}.{c}" for c in inner)) for b in blocks]
+    return entries
+
+
+def spec_for(name: str) -> ModelSpec:
+    """The spec of torchvision's model ``name`` (one of ``names()``)."""
+    # GoogLeNet and Inception-v3 warn that their default initialisation will change; ask for
+    # today's explicitly, so results do not shift under a torchvision upgrade.
+    extra = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    return ModelSpec(
+        name=name,
+        factory=partial(torchvision.models.get_model, name, weights=None, **extra),
+        family="torchvision",
+        # torchvision's classifiers are trained at 224 except Inception-v3 (299).
+        image_size=299 if name == "inception_v3" else 224,
+        num_classes=1000,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        notes="torchvision",
+        paper_sparsity=_PAPER_SPARSITY.get(name),
+        paper_layout=resnet_paper_layout if name.startswith(("resnet", "resnext", "wide_resnet")) else None,
+    )

@@ -1,0 +1,258 @@
+"""Plans that aim at a latency: how many channels each group keeps so that the predicted latency
+meets a budget while as little channel independence as possible is removed.
+
+The search is greedy. It starts from the full model and repeatedly takes the move, over all groups
+and a window of smaller widths per group, that saves the most predicted milliseconds per unit of
+accuracy cost; it stops as soon as the prediction meets the budget. CHIP still decides *which*
+channels go; the search decides *how many*. Widths come from a grid (every channel for groups of up
+to 16, every C/16-th above), and the latency table decides which of them are worth having: a move
+must save time, so a width that is no faster than the current one is jumped over (the search looks
+several grid steps down), never taken.
+
+Cost of a move (the accuracy proxy, see removal_mass): the share of a group's channel independence
+that the move removes, on a convex scale, counted once for every feature map the group's channels
+appear in. Groups read in several maps (residual streams) lose at most 30% of their channels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..errors import ChipPruneError
+from ..models.spec import ModelSpec
+from ..scoring.streaming import GroupScores
+from ..surgery.apply import select_top
+from ..surgery.groups import ChannelGroup
+from .latency_table import LatencyModel, LatencyTable
+from .plan import Plan, plan_from_keep
+
+__all__ = [
+    "LatencyPredictor", "BlendedLatency", "LatencyPlan", "parse_latency_target", "removal_mass", "candidate_widths",
+    "plan_for_latency", "plan_for_latency_budget",
+]
+
+
+class LatencyPredictor(Protocol):
+    """What the search needs from a latency model: LatencyModel (milliseconds at one batch size),
+    BlendedLatency (fractions of the original, averaged over batch sizes), or a constructed table."""
+
+    @property
+    def original(self) -> float: ...
+
+    def layers_of(self, group: str) -> list[str]: ...
+
+    def layer_cost(self, layer: str, keep: Mapping[str, int]) -> float: ...
+
+    def predict(self, keep: Mapping[str, int]) -> float: ...
+
+
+class BlendedLatency:
+    """Several latency models (e.g. batch 1 and batch 64) as one: each prediction is the mean over
+    the models of (predicted / original latency), so the unpruned model scores 1.0."""
+
+    def __init__(self, models: list[LatencyPredictor]) -> None:
+        if not models:
+            raise ChipPruneError("no latency model to blend")
+        self.models = models
+
+    @property
+    def original(self) -> float:
+        return 1.0
+
+    def layers_of(self, group: str) -> list[str]:
+        return self.models[0].layers_of(group)
+
+    def layer_cost(self, layer: str, keep: Mapping[str, int]) -> float:
+        return sum(m.layer_cost(layer, keep) / m.original for m in self.models) / len(self.models)
+
+    def predict(self, keep: Mapping[str, int]) -> float:
+        return sum(m.predict(keep) / m.original for m in self.models) / len(self.models)
+
+
+@dataclass
+class LatencyPlan:
+    keep: dict[str, int]
+    predicted: float  # in the predictor's unit (ms, or a fraction of the original)
+    original: float
+    target: float
+    cost: float  # accuracy proxy removed, see removal_mass
+    steps: list[str] = field(default_factory=list)  # one line per move, for the curious
+
+
+def parse_latency_target(value: str | float) -> tuple[str, float]:
+    """``0.5`` -> ("fraction", 0.5); ``"12ms"`` or ``"12 ms"`` -> ("ms", 12.0)."""
+    text = str(value).strip().lower()
+    try:
+        if text.endswith("ms"):
+            number, kind = float(text[:-2]), "ms"
+        else:
+            number, kind = float(text), "fraction"
+    except ValueError:
+        raise ChipPruneError(f"--target-latency must be a fraction like 0.5 or milliseconds like 12ms, got '{value}'") from None
+    if not math.isfinite(number) or number <= 0 or (kind == "fraction" and number >= 1):
+        raise ChipPruneError(f"--target-latency {value}: give a fraction in (0, 1) of the original latency, or a positive time like 12ms")
+    return kind, number
+
+
+def removal_mass(group: ChannelGroup, scores: GroupScores) -> dict[int, float]:
+    """Accuracy cost of every possible width of ``group``: {channels kept: cost}.
+
+    With r the fraction of the group's CI removed (lowest-scoring channels first, as pruning
+    will), the cost is -log(1 - r) per feature map the channels appear in: about r while little
+    goes, and without bound as a layer loses everything, so no layer is emptied to save time.
+    """
+    weight = max(1, len(scores.maps))
+    values = scores.scores.double().clamp_min(0)
+    total = float(values.sum())
+    step = group.channel_groups if group.channels % group.channel_groups == 0 else 1
+    costs = {}
+    for keep in range(step, group.channels + 1, step):
+        _, removed = select_top(scores.scores, keep, group.channel_groups)
+        kept_share = 1.0 - float(values[removed].sum()) / total if total > 0 else 1.0 - len(removed) / group.channels
+        costs[keep] = -math.log(max(kept_share, 1e-12)) * weight
+    return costs
+
+
+def candidate_widths(group: ChannelGroup, max_ratio: float) -> list[int]:
+    """Widths the search may give ``group``, ascending, ending at the full width: multiples of the
+    block size for grouped convs, every channel up to 16 per block, then every block/16-th."""
+    blocks = group.channel_groups if group.channels % group.channel_groups == 0 else 1
+    per_block = group.channels // blocks
+    grain = max(1, per_block // 16)
+    smallest = max(1, math.ceil(per_block * (1.0 - max_ratio)))
+    units = sorted({u for u in range(per_block, 0, -grain) if u >= smallest} | {per_block})
+    return [u * blocks for u in units]
+
+
+def plan_for_latency(
+    groups: list[ChannelGroup],
+    scores: Mapping[str, GroupScores],
+    predictor: LatencyPredictor,
+    target: float,
+    *,
+    max_ratio: float = 0.7,
+    max_shared_ratio: float = 0.3,
+    window: int = 4,
+    progress: bool = False,
+) -> LatencyPlan:
+    """Channels per group so that ``predictor`` says at most ``target`` (its unit), at little accuracy cost.
+
+    ``max_ratio``: no group loses more than this fraction of its channels (0.7: the largest ratio the
+    paper uses); ``max_shared_ratio`` for groups read in several feature maps (residual streams,
+    concatenated features): their channels carry every block's output, and cutting them hard cost
+    most of the accuracy in our measurements (docs/LATENCY.md). ``window``: how many
+    smaller grid widths a single move may jump (lets the search cross widths that save nothing).
+    """
+    if not (0 < max_ratio < 1 and 0 < max_shared_ratio < 1):
+        raise ChipPruneError(f"max_ratio and max_shared_ratio must be in (0, 1), got {max_ratio}, {max_shared_ratio}")
+    prunable = [g for g in groups if g.name in scores]
+    keep = {g.name: g.channels for g in groups}
+    widths = {g.name: candidate_widths(g, max_shared_ratio if len(scores[g.name].maps) > 1 else max_ratio) for g in prunable}
+    mass = {g.name: removal_mass(g, scores[g.name]) for g in prunable}
+    predicted = predictor.predict(keep)
+    plan = LatencyPlan(dict(keep), predicted, predictor.original, target, 0.0)
+    # Progress is the way from the original latency down to the target; layers are timed on the way.
+    bar = tqdm(total=100, desc="latency plan", unit="%", disable=not progress, leave=False, bar_format="{desc}: {bar}| {n:.0f}% [{elapsed}]")
+    while predicted > target:
+        best = _best_move(prunable, keep, widths, mass, predictor, window)
+        if best is None:  # nothing in the windows saves time: look at every smaller width
+            best = _best_move(prunable, keep, widths, mass, predictor, None)
+        if best is None:
+            raise ChipPruneError(
+                f"the latency target ({target / predictor.original:.1%} of the original) cannot be reached: with no group "
+                f"pruned by more than {max_ratio:.0%} (residual streams {max_shared_ratio:.0%}), the best predicted is "
+                f"{predicted / predictor.original:.1%} (the rest is in layers that are not pruned, or in widths that are "
+                "no faster); a larger --max-shared-ratio lets residual streams go further, at a cost in accuracy"
+            )
+        _, name, width, saved, cost = best
+        plan.steps.append(f"{name}: {keep[name]} -> {width} channels, saves {saved:.4g}, cost {cost:.4g}")
+        keep[name] = width
+        plan.cost += cost
+        predicted = predictor.predict(keep)
+        bar.update(min(100.0, 100 * (predictor.original - predicted) / max(1e-12, predictor.original - target)) - bar.n)
+    bar.close()
+    plan.keep, plan.predicted = keep, predicted
+    return plan
+
+
+def _best_move(groups, keep, widths, mass, predictor, window):
+    """(value, group, width, saved, cost) of the move that saves the most per unit of cost, or None."""
+    best = None
+    for g in groups:
+        now = keep[g.name]
+        options = [w for w in widths[g.name] if w < now]
+        if window is not None:
+            options = options[-window:]
+        if not options:
+            continue
+        before = _group_ms(predictor, g.name, keep)
+        for w in options:
+            saved = before - _group_ms(predictor, g.name, {**keep, g.name: w})
+            if saved <= 0:
+                continue
+            cost = mass[g.name][w] - mass[g.name][now]
+            value = saved / cost if cost > 0 else math.inf
+            if best is None or value > best[0] or (value == best[0] and saved > best[3]):
+                best = (value, g.name, w, saved, cost)
+    return best
+
+
+def _group_ms(predictor: LatencyPredictor, group: str, keep: Mapping[str, int]) -> float:
+    # Only the layers a group touches change when it moves. (The untimed rest, which shrinks with the
+    # layers' outputs, is left out of the comparison of moves and counted in the prediction.)
+    return sum(predictor.layer_cost(layer, keep) for layer in predictor.layers_of(group))
+
+
+
+def plan_for_latency_budget(
+    model: nn.Module,
+    spec: ModelSpec,
+    groups: list[ChannelGroup],
+    scores: Mapping[str, GroupScores],
+    target: str | float,
+    *,
+    batch_sizes: Iterable[int] = (1,),
+    table: str | Path | None = None,
+    max_shared_ratio: float = 0.3,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> Plan:
+    """Channels per group for a latency budget: ``target`` is a fraction of the original latency
+    (0.5) or milliseconds ("12ms", one batch size only), on this device, at ``batch_sizes`` (with
+    several, the mean of the fractions). Layers are timed into ``table`` (default: this machine's
+    cache) as the search needs them; ``scores`` decide which groups give up channels; residual
+    streams lose at most ``max_shared_ratio`` of their channels."""
+    batch_sizes = list(dict.fromkeys(int(b) for b in batch_sizes))
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise ChipPruneError(f"latency batch sizes must be positive integers, got {batch_sizes}")
+    kind, value = parse_latency_target(target)
+    if kind == "ms" and len(batch_sizes) > 1:
+        raise ChipPruneError("a latency target in milliseconds needs exactly one --latency-batch; give a fraction for several")
+    latency_table = LatencyTable(table, device)
+    models = [LatencyModel(model, spec, groups, latency_table, batch_size=b, progress=progress) for b in batch_sizes]
+    predictor = models[0] if len(models) == 1 else BlendedLatency(models)
+    goal = value if kind == "ms" else value * predictor.original
+    if kind == "ms" and goal >= predictor.original:
+        raise ChipPruneError(f"--target-latency {target}: the unpruned model already takes {predictor.original:.2f} ms at batch {batch_sizes[0]}")
+    try:
+        found = plan_for_latency(groups, scores, predictor, goal, max_shared_ratio=max_shared_ratio, progress=progress)
+    finally:
+        latency_table.save()
+    what = f"{value:g} ms" if kind == "ms" else f"{value:.0%} of the original"
+    plan = plan_from_keep(model, spec, groups, {g.name: found.keep[g.name] for g in groups},
+                          f"target latency {what} at batch {', '.join(map(str, batch_sizes))}")
+    for b, m in zip(batch_sizes, models):
+        m.refresh(plan.keep)
+        predicted = m.predict(plan.keep)
+        plan.latency[str(b)] = {"original_ms": m.original, "predicted_ms": predicted}
+        plan.notes.append(f"batch {b}: predicted {m.original / predicted:.2f}x faster ({predicted:.2f} of {m.original:.2f} ms at the "
+                          f"latency table's reference speed; {latency_table.measured} layer timings taken, table {latency_table.path})")
+    return plan

@@ -1,0 +1,343 @@
+"""A latency model of this machine: every layer a plan reshapes, timed alone at the widths the plan
+gives it, cached per machine, summed into a prediction of the whole model's latency.
+
+Why per layer: a model's latency is mostly its convolutions (85% on the CPU we measured), and their
+speed is not proportional to their channels: kernels run in blocks (for example of 16 channels), so
+49 channels can cost what 64 do while 48 costs a third less. Timing each reshaped layer on the real
+device at the real batch size captures that; the rest (activations, additions, pooling) is the
+measured whole model minus its timed layers, scaled with the timed layers' output size. Every
+timing is expressed at the table's reference speed (see LatencyTable.slowdown), because a shared
+machine's speed drifts by several times between timings a minute apart.
+
+Tables live in ``~/.cache/chipprune/latency/`` (or ``$CHIPPRUNE_CACHE_DIR``), one JSON file per
+machine (CPU model, threads, torch version; or GPU name), and are written atomically as they grow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import platform
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..errors import ChipPruneError
+from ..evaluation import latency as timing
+from ..io.atomic import read_json, write_json
+from ..models.spec import ModelSpec
+from ..runtime import device_of
+from ..surgery.groups import ChannelGroup
+
+__all__ = ["LayerShape", "LatencyTable", "LatencyModel", "machine_fingerprint", "default_table_path"]
+
+TABLE_FORMAT = "chipprune-latency-table/1"
+_TIMED = (nn.Conv2d, nn.Linear, nn.BatchNorm2d)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """Everything that decides how long one layer takes: its type, widths, options and input size."""
+
+    kind: str  # "conv2d", "linear" or "batchnorm2d"
+    in_channels: int
+    out_channels: int
+    spatial: tuple[int, ...]  # input size without batch and channels: (H, W), or a Linear's leading dims
+    options: tuple[int, ...] = ()  # conv2d: kernel h, w, stride h, w, padding h, w, dilation h, w, groups, bias; linear: bias
+
+    def key(self, batch_size: int) -> str:
+        spatial = "x".join(map(str, self.spatial)) or "-"
+        options = ",".join(map(str, self.options)) or "-"
+        return f"{self.kind} {self.in_channels}->{self.out_channels} in={spatial} opt={options} b={batch_size}"
+
+    def build(self, batch_size: int, device: torch.device | str) -> tuple[nn.Module, torch.Tensor]:
+        """A fresh layer of this shape and a random input batch for it."""
+        if self.kind == "conv2d":
+            kh, kw, sh, sw, ph, pw, dh, dw, groups, bias = self.options
+            layer = nn.Conv2d(self.in_channels, self.out_channels, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups, bool(bias))
+            x = torch.randn(batch_size, self.in_channels, *self.spatial)
+        elif self.kind == "linear":
+            layer = nn.Linear(self.in_channels, self.out_channels, bool(self.options[0]))
+            x = torch.randn(batch_size, *self.spatial, self.in_channels)
+        elif self.kind == "batchnorm2d":
+            layer = nn.BatchNorm2d(self.in_channels)
+            x = torch.randn(batch_size, self.in_channels, *self.spatial)
+        else:
+            raise ChipPruneError(f"no timing for layers of kind '{self.kind}'")
+        return layer.eval().to(device), x.to(device)
+
+    def output_elements(self) -> int:
+        """Output values per image (the work of what follows the layer: activation, addition)."""
+        if self.kind == "conv2d":
+            kh, kw, sh, sw, ph, pw, dh, dw = self.options[:8]
+            h = (self.spatial[0] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+            w = (self.spatial[1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+            return self.out_channels * h * w
+        size = self.out_channels
+        for s in self.spatial:
+            size *= s
+        return size
+
+
+# The layer whose speed tracks the machine's (see LatencyTable.slowdown): a mid-sized convolution.
+_REFERENCE = LayerShape("conv2d", 32, 32, (16, 16), (3, 3, 1, 1, 1, 1, 1, 1, 1, 0))
+
+
+def time_layer(shape: LayerShape, batch_size: int, device: torch.device | str, min_run_time: float) -> float:
+    """Milliseconds of one call of a layer of ``shape`` on ``batch_size`` inputs (fastest block of runs).
+
+    The fastest block, not the median: on a shared machine the slow blocks measure the neighbours.
+    Inputs rotate through several buffers (up to 64 MiB) so that, as inside a network, a layer does
+    not find its input in the cache.
+    """
+    layer, x = shape.build(batch_size, device)
+    copies = max(1, min(16, (64 * 2**20) // max(1, x.numel() * x.element_size())))
+    inputs = itertools.cycle([x] + [torch.randn_like(x) for _ in range(copies - 1)])
+
+    def run() -> None:
+        with torch.inference_mode():
+            layer(next(inputs))
+
+    return timing.time_call(run, batch_size, str(device), min_run_time=min_run_time, warmup=2).min_ms
+
+
+def machine_fingerprint(device: torch.device | str = "cpu") -> str:
+    """What a latency table is valid for: the processor (or GPU), the threads and the torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"cpu {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def default_table_path(device: torch.device | str = "cpu") -> Path:
+    """Where this machine's table is cached (``$CHIPPRUNE_CACHE_DIR`` or ``~/.cache/chipprune``)."""
+    root = Path(os.environ.get("CHIPPRUNE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chipprune")
+    fingerprint = machine_fingerprint(device)
+    slug = re.sub(r"[^a-z0-9]+", "-", fingerprint.lower()).strip("-")[:60]
+    return root / "latency" / f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}.json"
+
+
+class LatencyTable:
+    """Measured milliseconds per layer shape and batch size, on one machine, saved as JSON."""
+
+    def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu", *, min_run_time: float = 0.05,
+                 timer: Callable[[LayerShape, int], float] | None = None) -> None:
+        self.device = torch.device(device)
+        self.machine = machine_fingerprint(self.device)
+        self.path = Path(path) if path is not None else default_table_path(self.device)
+        self.min_run_time = min_run_time
+        self._timer = timer or (lambda shape, batch: time_layer(shape, batch, self.device, self.min_run_time))
+        self.entries: dict[str, float] = {}
+        self.measured = 0  # entries measured by this process (the rest came from the cache)
+        self._unsaved = 0
+        if self.path.exists():
+            self._load()
+
+    def _load(self) -> None:
+        data = read_json(self.path)
+        if not isinstance(data, dict) or data.get("format") != TABLE_FORMAT or not isinstance(data.get("entries"), dict):
+            raise ChipPruneError(f"{self.path} is not a chipprune latency table ({TABLE_FORMAT}); delete it or give another path")
+        if data.get("machine") != self.machine:
+            raise ChipPruneError(
+                f"the latency table {self.path} was measured on '{data.get('machine')}', this is '{self.machine}': "
+                "latencies do not carry over between machines; give another path (or none, for this machine's default)"
+            )
+        self.entries = {str(k): float(v) for k, v in data["entries"].items()}
+
+    def save(self) -> None:
+        write_json(self.path, {"format": TABLE_FORMAT, "machine": self.machine, "entries": dict(sorted(self.entries.items()))})
+        self._unsaved = 0
+
+    def slowdown(self, batch_size: int) -> float:
+        """How much slower the machine runs now than when the table began (1.0: as fast).
+
+        A shared machine's speed drifts by several times over minutes (neighbours, CPU steal). Every
+        timing is divided by the slowdown measured on a fixed reference layer just before it, so
+        entries timed at different moments stay comparable.
+        """
+        now = float(self._timer(_REFERENCE, batch_size))
+        key = f"{_REFERENCE.key(batch_size)} reference"
+        self.entries.setdefault(key, now)
+        return now / self.entries[key]
+
+    def get(self, shape: LayerShape, batch_size: int, *, remeasure: bool = False) -> float:
+        """Milliseconds for ``shape`` at ``batch_size``: from the table, or measured now and recorded
+        (at the table's reference speed). ``remeasure`` times it again and keeps the faster value."""
+        key = shape.key(batch_size)
+        if key not in self.entries or remeasure:
+            slowdown = self.slowdown(batch_size)
+            self.entries[key] = min(float(self._timer(shape, batch_size)) / slowdown, self.entries.get(key, float("inf")))
+            self.measured += 1
+            self._unsaved += 1
+            if self._unsaved >= 50:  # an interrupted run keeps what it measured
+                self.save()
+        return self.entries[key]
+
+    def record(self, key: str, milliseconds: float) -> None:
+        self.entries[key] = float(milliseconds)
+        self._unsaved += 1
+
+
+@dataclass
+class _Coupling:
+    group: str
+    side: str  # "in" or "out"
+    count: int  # the layer's channels that belong to the group
+    group_channels: int
+
+
+class LatencyModel:
+    """Predicts the latency of ``model`` with ``keep[g]`` channels in each group, on one device and batch size.
+
+    prediction = sum of the timed layers at their planned shapes + the rest, where the rest is the
+    measured whole model minus its timed layers, scaled by how much output the timed layers produce.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        groups: list[ChannelGroup],
+        table: LatencyTable,
+        *,
+        batch_size: int = 1,
+        progress: bool = True,
+        original_ms: float | None = None,
+    ) -> None:
+        """``original_ms``: the unpruned model's latency if already known (None: measured now)."""
+        self.spec, self.table, self.batch_size, self.progress = spec, table, batch_size, progress
+        self._base: dict[str, LayerShape] = {}
+        self._couplings: dict[str, list[_Coupling]] = {}
+        self._layers_of_group: dict[str, list[str]] = {g.name: [] for g in groups}
+        modules = dict(model.named_modules())
+        for name, shape in _layer_shapes(model, spec).items():
+            self._base[name] = shape
+            self._couplings[name] = []
+        for g in groups:
+            for module, side, count in g.couplings:
+                if module in self._base:
+                    self._couplings[module].append(_Coupling(g.name, side, count, g.channels))
+                    if module not in self._layers_of_group[g.name]:
+                        self._layers_of_group[g.name].append(module)
+        self._depthwise = {n for n in self._base if isinstance(modules[n], nn.Conv2d) and modules[n].groups > 1
+                           and modules[n].groups == modules[n].in_channels == modules[n].out_channels}
+        self._original_ms = original_ms if original_ms is not None else self._measure_original(model)
+        full = {name: self.table.get(shape, batch_size) for name, shape in self._progress(self._base.items())}
+        if sum(full.values()) > self._original_ms and original_ms is None:
+            # The layers cannot take longer than the model they are part of: some timing was disturbed
+            # (a shared machine). Time the model and its layers once more, keeping the fastest of each.
+            self._original_ms = self._measure_original(model)
+            full = {name: self.table.get(shape, batch_size, remeasure=True) for name, shape in self._progress(self._base.items())}
+        self.table.save()
+        self._rest_ms = max(0.0, self._original_ms - sum(full.values()))
+        self._outputs = sum(s.output_elements() for s in self._base.values())
+
+    def _progress(self, items):
+        return tqdm(list(items), desc=f"timing layers (batch {self.batch_size})", disable=not self.progress, leave=False, unit="layer")
+
+    def _measure_original(self, model: nn.Module) -> float:
+        # Timed on every use (a second), and kept in the table at its fastest, keyed by architecture and input.
+        arch = hashlib.sha256(str(model).encode()).hexdigest()[:12]
+        key = f"model {self.spec.name} {arch} image={self.spec.image_size} b={self.batch_size}"
+        lat = timing.measure_latency(model, self.spec.image_size, self.batch_size, device=self.table.device, min_run_time=1.0)
+        now = lat.min_ms / self.table.slowdown(self.batch_size)
+        self.table.record(key, min(now, self.table.entries.get(key, float("inf"))))
+        return self.table.entries[key]
+
+    @property
+    def original(self) -> float:
+        """Measured latency of the unpruned model (ms)."""
+        return self._original_ms
+
+    def layers_of(self, group: str) -> list[str]:
+        """The timed layers whose shape depends on ``group``."""
+        return self._layers_of_group[group]
+
+    def shape(self, layer: str, keep: Mapping[str, int]) -> LayerShape:
+        """The shape of ``layer`` when each group g keeps ``keep[g]`` channels (missing groups: all)."""
+        base = self._base[layer]
+        removed = {"in": 0, "out": 0}
+        for c in self._couplings[layer]:
+            kept = keep.get(c.group, c.group_channels)
+            removed[c.side] += c.count * (c.group_channels - kept) // c.group_channels
+        if base.kind == "batchnorm2d":
+            removed["in"] = removed["out"] = max(removed["in"], removed["out"])
+        in_channels, out_channels = base.in_channels - removed["in"], base.out_channels - removed["out"]
+        options = base.options
+        if layer in self._depthwise:
+            in_channels = out_channels = min(in_channels, out_channels)
+            options = (*options[:8], out_channels, options[9])
+        return LayerShape(base.kind, in_channels, out_channels, base.spatial, options)
+
+    def layer_cost(self, layer: str, keep: Mapping[str, int]) -> float:
+        """Milliseconds of one layer at the shape ``keep`` gives it."""
+        return self.table.get(self.shape(layer, keep), self.batch_size)
+
+    def refresh(self, keep: Mapping[str, int]) -> None:
+        """Time every layer of the plan ``keep`` once more, keeping the faster value of each: the
+        search may have used timings taken while the machine was disturbed."""
+        for name in self._progress(self._base):
+            self.table.get(self.shape(name, keep), self.batch_size, remeasure=True)
+        self.table.save()
+
+    def predict(self, keep: Mapping[str, int]) -> float:
+        """Predicted latency (ms) of the model pruned to ``keep``."""
+        shapes = [self.shape(name, keep) for name in self._base]
+        timed = sum(self.table.get(s, self.batch_size) for s in shapes)
+        outputs = sum(s.output_elements() for s in shapes)
+        return timed + self._rest_ms * outputs / max(1, self._outputs)
+
+
+def _layer_shapes(model: nn.Module, spec: ModelSpec) -> dict[str, LayerShape]:
+    """The shape of every timed layer of ``model`` (convolutions, linear layers, batch norms), from one
+    forward pass of one image; a layer run twice keeps its first input."""
+    inputs: dict[str, tuple[int, ...]] = {}
+    modules = {n: m for n, m in model.named_modules() if isinstance(m, _TIMED)}
+
+    def remember(name: str, args: tuple) -> None:  # returns None: a pre-hook's return value would replace the input
+        inputs.setdefault(name, tuple(args[0].shape))
+
+    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: remember(n, a)) for n, m in modules.items()]
+    device = device_of(model)
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, spec.image_size, spec.image_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    shapes = {}
+    for name, m in modules.items():
+        if name not in inputs:
+            continue  # never run
+        size = inputs[name]
+        if isinstance(m, nn.Conv2d):
+            opts = (*m.kernel_size, *m.stride, *_pair(m.padding), *m.dilation, m.groups, int(m.bias is not None))
+            shapes[name] = LayerShape("conv2d", m.in_channels, m.out_channels, tuple(size[2:]), opts)
+        elif isinstance(m, nn.Linear):
+            shapes[name] = LayerShape("linear", m.in_features, m.out_features, tuple(size[1:-1]), (int(m.bias is not None),))
+        else:
+            shapes[name] = LayerShape("batchnorm2d", m.num_features, m.num_features, tuple(size[2:]))
+    return shapes
+
+
+def _pair(padding) -> tuple[int, int]:
+    if isinstance(padding, str):
+        raise ChipPruneError(f"cannot time a convolution with padding='{padding}'")
+    return tuple(padding)  # type: ignore[return-value]
+

@@ -1,0 +1,1 @@
+"""Reporting: the console summaries, report.md and pilot.md, and the plots."""

@@ -1,0 +1,113 @@
+"""Where chipprune runs: devices, and several processes under ``torchrun``.
+
+Devices: ``resolve_device`` turns ``--device`` into a torch device, ``device_of`` finds a model's,
+``autocast`` is mixed precision on CUDA and nothing elsewhere.
+
+Processes: a plain ``python``/``chipprune`` run is one process and none of this does anything. Under
+``torchrun --nproc-per-node N`` the environment names this process's rank; NCCL is used on GPUs,
+gloo on CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from .errors import ChipPruneError
+
+__all__ = [
+    "resolve_device", "device_of", "autocast",
+    "Dist", "setup_distributed", "teardown_distributed", "world", "all_reduce_sum", "barrier", "broadcast_module",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N``, ...; a clear error otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ChipPruneError("--device cuda was asked for but no CUDA device is available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ChipPruneError(f"unknown --device '{name}'; use auto, cpu, cuda or cuda:N") from None
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s parameters live (the CPU for a model without any)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision on CUDA in ``dtype``; a no-op on other devices or when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None and device.type == "cuda")
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup_distributed(device: torch.device) -> Dist:
+    """Join the process group when started by torchrun (WORLD_SIZE > 1); otherwise a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(0, 1, device)
+    if not dist.is_initialized():
+        # An hour, not NCCL's 10 minutes: in `chipprune run` the other processes wait while process 0
+        # prunes and evaluates alone.
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=1))
+    rank = dist.get_rank()
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return Dist(rank, world, device)
+
+
+def teardown_distributed() -> None:
+    """Leave the process group, if one was joined. Without this, gloo's threads can outlive the
+    interpreter and abort the process at exit ("terminate called without an active exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world() -> tuple[int, int]:
+    """(rank, number of processes) of the running process group; (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all processes (a no-op in a single process)."""
+    if world()[1] > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if world()[1] > 1:
+        dist.barrier()
+
+
+def broadcast_module(module: torch.nn.Module) -> None:
+    """Give every process process 0's parameters and buffers, in place (a no-op in a single process)."""
+    if world()[1] > 1:
+        with torch.no_grad():
+            for tensor in module.state_dict().values():
+                dist.broadcast(tensor, src=0)

@@ -1,0 +1,180 @@
+"""Coupled channel groups of a model, from Torch-Pruning's dependency graph, and their surgery.
+
+A *group* is a set of output channels that must be removed together: a conv's filters with its
+BatchNorm and the next layers' input channels, or every conv that writes into one residual stream.
+Each group is named after its root module (the first prunable conv of the group in module order).
+A model's own layer types take part through the Torch-Pruning pruners its ModelSpec declares.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch_pruning as tp
+
+from ..errors import ChipPruneError
+from ..models.spec import ModelSpec
+from ..runtime import device_of
+
+__all__ = ["FeatureSource", "ChannelGroup", "example_input", "find_classifier", "build_graph", "build_groups", "prunable_groups", "classifier_outputs"]
+
+
+@dataclass
+class FeatureSource:
+    """A feature map that shows a group's channels: the input of a consuming layer, or a module's output.
+
+    ``positions[i]`` is the channel of that map that carries the group's channel ``root_channels[i]``.
+    """
+
+    module_name: str
+    kind: str  # "input" or "output"
+    positions: torch.Tensor
+    root_channels: torch.Tensor
+    channel_dim: int = 1  # where the channels are: 1 (N, C, H, W), or -1 for a Linear's (..., C) input
+
+
+@dataclass
+class ChannelGroup:
+    """One set of coupled output channels."""
+
+    name: str  # root module name
+    channels: int
+    members: list[str]  # modules whose output channels belong to the group
+    sources: list[FeatureSource] = field(default_factory=list)
+    # Grouped convolutions (ResNeXt, RegNet) split the channels into this many equal blocks that
+    # must stay equal: the same positions are removed from every block.
+    channel_groups: int = 1
+    # Every module whose shape the group changes: (module name, "in" or "out", how many of that
+    # module's channels belong to the group). Lets a plan's layer shapes be known without pruning.
+    couplings: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+def find_classifier(model: nn.Module, example: torch.Tensor) -> str:
+    """Name of the last Linear/Conv layer run in a forward pass: the classifier, never pruned."""
+    order: list[str] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise ChipPruneError("the model has no Conv2d or Linear layer to prune")
+    return order[-1]
+
+
+def example_input(spec: ModelSpec, device: torch.device | str = "cpu") -> torch.Tensor:
+    """One blank image of the size ``spec``'s model is traced and counted at."""
+    return torch.zeros(1, 3, spec.image_size, spec.image_size, device=device)
+
+
+def build_graph(model: nn.Module, example: torch.Tensor, pruners: Mapping[type, Any] | None = None) -> tp.DependencyGraph:
+    """Trace ``model`` on ``example`` into Torch-Pruning's dependency graph (``pruners``: pruning
+    functions for the model's own layer types, from its ModelSpec).
+
+    Nothing is left out of the trace: ignored layers keep their output channels but must still
+    lose input channels when the layers feeding them are pruned.
+    """
+    try:
+        with torch.enable_grad(), warnings.catch_warnings():
+            # Parameters outside layers (ConvNeXt's layer_scale, shape (C, 1, 1)) are pruned along their
+            # channel dimension, which is what we want; the notice about it is noise for our users.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=dict(pruners or {}))
+    except (ArithmeticError, IndexError, KeyError, ValueError, RuntimeError, AssertionError) as exc:
+        # Torch-Pruning 1.6 cannot follow some channel reorderings, e.g. ShuffleNetV2's channel shuffle.
+        raise ChipPruneError(
+            f"Torch-Pruning could not trace which channels of {type(model).__name__} are coupled "
+            f"({type(exc).__name__}: {exc}). Models that reorder channels with reshapes (channel "
+            "shuffle, as in ShuffleNetV2) cannot be pruned with Torch-Pruning 1.6; choose another architecture."
+        ) from None
+
+
+def build_groups(
+    model: nn.Module, example: torch.Tensor, ignored: Sequence[str], pruners: Mapping[type, Any] | None = None
+) -> tuple[tp.DependencyGraph, list[ChannelGroup]]:
+    """All prunable channel groups of ``model`` (layers in ``ignored`` keep their output channels)."""
+    pruners = dict(pruners or {})
+    layer_types = (nn.Conv2d, nn.Linear, *pruners)  # the types whose output channels a group lists
+    dg = build_graph(model, example, pruners)
+    names = {m: n for n, m in model.named_modules()}
+    modules = dict(model.named_modules())
+    order = list(modules)
+    groups = []
+    for group in dg.get_all_groups(ignored_layers=[modules[n] for n in ignored], root_module_types=(nn.Conv2d, nn.Linear)):
+        root = group[0].dep.target.module
+        members, sources, couplings = [], [], []
+        channel_groups = 1
+        for item in group:
+            module, handler = item.dep.target.module, item.dep.handler
+            if not isinstance(module, nn.Module) or module not in names:
+                continue
+            side = "out" if dg.is_out_channel_pruning_fn(handler) else "in" if dg.is_in_channel_pruning_fn(handler) else None
+            if side is not None:
+                couplings.append((names[module], side, len(item.idxs)))
+            pruner = dg.get_pruner_of_module(module)
+            if pruner is not None and not (isinstance(module, nn.Conv2d) and module.groups == module.out_channels):
+                fn = pruner.get_out_channel_groups if dg.is_out_channel_pruning_fn(handler) else pruner.get_in_channel_groups
+                channel_groups = max(channel_groups, int(fn(module)))
+            if dg.is_out_channel_pruning_fn(handler) and isinstance(module, layer_types):
+                members.append(names[module])
+            if dg.is_in_channel_pruning_fn(handler) and isinstance(module, (nn.Conv2d, nn.Linear)):
+                sources.append(
+                    FeatureSource(
+                        names[module],
+                        "input",
+                        torch.as_tensor(item.idxs, dtype=torch.long),
+                        torch.as_tensor(item.root_idxs, dtype=torch.long),
+                        channel_dim=-1 if isinstance(module, nn.Linear) else 1,
+                    )
+                )
+        channels = dg.get_pruner_of_module(root).get_out_channels(root)
+        members = sorted(set(members), key=order.index)
+        # Name a group after its first member in module order, so names do not depend on tracing order.
+        couplings = sorted(set(couplings), key=lambda c: (order.index(c[0]), c[1]))
+        groups.append(ChannelGroup(members[0], int(channels), members, sources, channel_groups, couplings))
+    groups.sort(key=lambda g: order.index(g.name))
+    return dg, groups
+
+
+def prunable_groups(
+    model: nn.Module, spec: ModelSpec, ignored: Sequence[str] | None = None
+) -> tuple[tp.DependencyGraph, list[ChannelGroup], str]:
+    """Trace ``model`` and return (dependency graph, coupled channel groups, classifier name).
+
+    Groups whose maps the spec says are taken elsewhere (the paper's VGG) are pointed at them.
+    """
+    names = set(dict(model.named_modules()))
+    unknown = [n for n in ignored or [] if n not in names]
+    if unknown:
+        raise ChipPruneError(f"--ignore names no layer of the model: {', '.join(unknown)}")
+    was_training = model.training
+    model.eval()  # tracing runs the model; BatchNorm statistics must not move
+    try:
+        example = example_input(spec, device_of(model))
+        classifier = find_classifier(model, example)
+        dg, groups = build_groups(model, example, [classifier, *(ignored or [])], spec.custom_pruners)
+    finally:
+        model.train(was_training)
+    for g in groups:
+        source = spec.feature_map(g.name) if spec.feature_map else None
+        if source is not None:
+            idx = torch.arange(g.channels)
+            g.sources = [FeatureSource(source, "output", idx, idx)]
+    return dg, groups, classifier
+
+
+def classifier_outputs(model: nn.Module, classifier: str) -> int:
+    """How many classes the model predicts: the width of its classifier layer."""
+    layer = dict(model.named_modules())[classifier]
+    return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)

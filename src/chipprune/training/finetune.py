@@ -1,0 +1,74 @@
+"""Fine-tune a pruned folder, or train a model from scratch, and write the report.
+
+The output folder is itself a pruned folder (``model.safetensors`` + ``pruning.json``), so
+``load_pruned``, ``chipprune eval`` and ``chipprune export`` work on it unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..data.sources import data_location, open_data
+from ..evaluation.latency import compare_models
+from ..evaluation.metrics import count_macs, count_params
+from ..io.atomic import write_json
+from ..io.pruned import open_pruned, pruning_record, read_report
+from ..models.registry import load_model
+from ..reporting.markdown import write_report
+from ..results import FinetuneReport
+from ..runtime import setup_distributed
+from .loop import TrainConfig, fit
+
+__all__ = ["finetune", "train_from_scratch"]
+
+
+def finetune(
+    folder: str | Path, data: str | Path | None, config: TrainConfig, device: torch.device, *, model: str | None = None
+) -> FinetuneReport | None:
+    """Fine-tune the pruned model in ``folder`` on ``data``; returns the report (None on ranks > 0).
+    ``model``: see ``load_pruned`` (needed for a ``package.module:function`` model)."""
+    dist_info = setup_distributed(device)
+    net, record, spec = open_pruned(folder, model=model)
+    summary = fit(net, spec, open_data(data), config, dist_info)
+    if not dist_info.is_main:
+        return None
+    pruned = read_report(folder)  # what the pruning run measured
+    original = spec.build(record.get("num_classes")).eval()
+    net = net.eval()
+    report = FinetuneReport(
+        model=spec.name, data_path=data_location(data), criterion=record.get("criterion"), sparsity=record.get("sparsity"),
+        params_before=count_params(original), params_after=count_params(net),
+        macs_before=count_macs(original, spec.image_size), macs_after=count_macs(net, spec.image_size),
+        top1_after=summary.test_top1, top5_after=summary.test_top5, test_images=summary.test_images, finetune=summary,
+        top1_before=pruned.get("top1_before"), top5_before=pruned.get("top5_before"), top1_after_pruning=pruned.get("top1_after"),
+        # The original has the pruned model's architecture before pruning, with random weights: speed does not depend on them.
+        latency_ms=compare_models(original, net, spec.image_size, [1], device=dist_info.device),
+    )
+    write_json(Path(config.out) / "pruning.json", record)
+    write_report(Path(config.out), report, record)
+    return report
+
+
+def train_from_scratch(
+    name: str, data: str | Path | None, config: TrainConfig, device: torch.device, *, image_size: int | None = None,
+    num_classes: int | None = None, weights: str | None = None,
+) -> FinetuneReport | None:
+    """Train a registry model (random initialisation unless ``weights``) to obtain a baseline."""
+    dist_info = setup_distributed(device)
+    torch.manual_seed(config.seed)  # the same initial weights in every run with this seed
+    model, spec = load_model(name, weights or "none", num_classes, image_size)
+    summary = fit(model, spec, open_data(data), config, dist_info)
+    if not dist_info.is_main:
+        return None
+    record = pruning_record(model, spec, [], criterion=None, sparsity="none (trained from scratch)")
+    params, macs = count_params(model), count_macs(model, spec.image_size)
+    report = FinetuneReport(
+        model=spec.name, data_path=data_location(data), criterion=None, sparsity=None, params_before=params, params_after=params,
+        macs_before=macs, macs_after=macs, top1_after=summary.test_top1, top5_after=summary.test_top5,
+        test_images=summary.test_images, finetune=summary,
+    )
+    write_json(Path(config.out) / "pruning.json", record)
+    write_report(Path(config.out), report, record)
+    return report

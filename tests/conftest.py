@@ -46,19 +46,11 @@ def shared() -> Path:
 
 
 def prune_with_plan(model, spec, request, batches=None, criterion="chip"):
-    """Plan ``request`` (a PlanRequest) for ``model``, score the groups it shrinks on ``batches``
-    with ``criterion`` and remove their channels: the library's steps, without data paths,
-    evaluation or timing. Returns (plan, PruneResult)."""
-    from chipprune.io.pruned import PruneResult
-    from chipprune.pipeline import apply_plan
+    """Plan ``request`` (a PlanRequest) for ``model`` and prune it to the plan, scoring on
+    ``batches``. Returns (plan, PruneResult)."""
+    from chipprune.pipeline import prune_to_plan
     from chipprune.planning import make_plan
-    from chipprune.results import PruneReport
-    from chipprune.scoring import get_criterion
     from chipprune.surgery import prunable_groups
 
-    traced = prunable_groups(model, spec, list(request.ignored))
-    plan = make_plan(model, spec, traced[1], request)
-    shrunk = [g for g in traced[1] if plan.keep[g.name] < g.channels]
-    scores = get_criterion(criterion).score(model, shrunk, batches=batches, dg=traced[0], progress=False)
-    record = apply_plan(model, spec, plan, scores, traced, criterion=criterion)
-    return plan, PruneResult(model, spec, record, PruneReport(spec.name, criterion, plan.description, None, None, 0, 0))
+    plan = make_plan(model, spec, prunable_groups(model, spec, list(request.ignored))[1], request)
+    return plan, prune_to_plan(model, spec, plan, batches=batches, criterion=criterion, progress=False)

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +69,22 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
 
 
+# Runs the CLI, killing the process with SIGKILL right after it checkpoints epoch 2, step 5: a real
+# kill at a known point, whatever the machine's speed.
+_KILLED_AFTER_A_CHECKPOINT = """
+import os, signal, sys
+import chipprune.training.loop as loop
+save = loop._Trainer.save_checkpoint
+def save_then_die(self, epoch, step, sums=None):
+    save(self, epoch, step, sums)
+    if (epoch, step) == (1, 5):
+        os.kill(os.getpid(), signal.SIGKILL)
+loop._Trainer.save_checkpoint = save_then_die
+from chipprune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(tmp_path):
     data = _image_folder(tmp_path / "data", n_train=400)
     args = ["--epochs", "3", "--train-batch-size", "8", "--checkpoint-every", "1"]
@@ -77,20 +92,11 @@ def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(t
     subprocess.run([sys.executable, *_train_cmd(data, reference, *args)], check=True, env=_env(), cwd=tmp_path)
 
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, *_train_cmd(data, out, *args)], env=_env(), cwd=tmp_path)
-    ckpt, state = out / "checkpoint.pt", None
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.is_file():
-            state = read_checkpoint(ckpt)
-            if state["epoch"] >= 1 and state["step_in_epoch"] >= 5:
-                proc.send_signal(signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    killed_at = read_checkpoint(ckpt)
-    assert killed_at["epoch"] < 3 and not (out / "model.safetensors").exists()
+    cli_args = _train_cmd(data, out, *args)[2:]  # without "-m chipprune"
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AFTER_A_CHECKPOINT, *cli_args], env=_env(), cwd=tmp_path)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = read_checkpoint(out / "checkpoint.pt")
+    assert (killed_at["epoch"], killed_at["step_in_epoch"]) == (1, 5) and not (out / "model.safetensors").exists()
 
     result = subprocess.run([sys.executable, *_train_cmd(data, out, *args, "--resume")], env=_env(), cwd=tmp_path,
                             capture_output=True, text=True, check=True)

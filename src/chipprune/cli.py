@@ -374,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(p, standalone=False)
     p.set_defaults(func=cmd_run)
 
+    _add_pilot_parser(sub)
+    _add_eval_and_export_parsers(sub)
+    return parser
+
+
+def _add_pilot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pilot", help="sweep compression levels on your data and recommend a safe one")
     _add_model_args(p)
     _add_data_args(p)
@@ -388,6 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL-pilot); reruns resume")
     p.set_defaults(func=cmd_pilot)
 
+
+
+def _add_eval_and_export_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a pruned folder: accuracy, and latency against the original")
     p.add_argument("folder", help="folder written by 'chipprune prune'")
     p.add_argument("--data", default=None, help=_FOLDER_DATA_HELP)
@@ -405,7 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output file (default FOLDER/model.onnx)")
     p.add_argument("--model", default=None, help=_TRUST_HELP)
     p.set_defaults(func=cmd_export)
-    return parser
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

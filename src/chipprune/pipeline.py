@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from .scoring.streaming import GroupScores
 from .surgery.apply import remove_channels
 from .surgery.groups import ChannelGroup, classifier_outputs, prunable_groups
 
-__all__ = ["score", "plan", "apply_plan", "prune"]
+__all__ = ["score", "plan", "apply_plan", "prune_to_plan", "prune"]
 
 Traced = tuple[tp.DependencyGraph, list[ChannelGroup], str]  # what prunable_groups returns
 
@@ -88,6 +88,32 @@ def apply_plan(
     removals = remove_channels(model, dg, groups, plan.keep, scores)
     return pruning_record(model, spec, removals, criterion=criterion, sparsity=plan.description, classifier=classifier,
                           round_to=plan.round_to, notes=plan.notes)
+
+
+def prune_to_plan(
+    model: nn.Module,
+    spec: ModelSpec,
+    plan: Plan,
+    *,
+    batches: Iterable | None = None,
+    scores: Mapping[str, GroupScores] | None = None,
+    criterion: str | Criterion = "chip",
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> PruneResult:
+    """Remove channels of ``model`` in place as ``plan`` says: chosen by ``scores``, or by scoring the
+    groups the plan shrinks on ``batches`` (any iterable of (images, anything) pairs; weight criteria
+    need none). The core of ``prune``, without data paths, evaluation or timing."""
+    criterion = get_criterion(criterion)
+    params, macs = count_params(model), count_macs(model, spec.image_size)
+    traced = prunable_groups(model.eval(), spec)
+    if scores is None:
+        shrunk = [g for g in traced[1] if plan.keep[g.name] < g.channels]
+        scores = criterion.score(model, shrunk, batches=batches, dg=traced[0], device=device, progress=progress)
+    record = apply_plan(model, spec, plan, scores, traced, criterion=criterion.name)
+    report = PruneReport(spec.name, criterion.name, plan.description, None, None, params, macs, count_params(model),
+                         count_macs(model, spec.image_size), next((s.images for s in scores.values()), 0))
+    return PruneResult(model, spec, record, report, list(plan.notes))
 
 
 @contextmanager

@@ -167,7 +167,14 @@ def ratios_for(
         if not 0.0 <= ratio < 1.0:
             raise ChipPruneError(f"a pruning ratio must lie in [0, 1); got {ratio}")
         return {g.name: ratio for g in groups}, []
-    ratios = parse_sparsity(text)
+    return _ratios_from_paper_string(sparsity, spec, groups, model)
+
+
+def _ratios_from_paper_string(
+    sparsity: str, spec: ModelSpec, groups: list[ChannelGroup], model: nn.Module
+) -> tuple[dict[str, float], list[str]]:
+    """A paper string's entries, in the model's layout, as ratios per group (see ``ratios_for``)."""
+    ratios = parse_sparsity(sparsity.strip())
     entries = paper_entries(spec, groups, model)
     if len(ratios) != len(entries):
         listing = _describe_layout(entries)

@@ -19,7 +19,8 @@ ranking is settled or needs more images.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -99,6 +100,78 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((rx * ry).sum()) / denom if denom > 0 else 1.0
 
 
+MapKey = tuple[str, str]  # (module name, "input" or "output"): one feature map a hook sees
+
+
+class _MapCollector:
+    """Catches the feature maps of one batch through hooks, scores them in bulk, and keeps running
+    sums per map. A map seen by several groups is scored once per batch."""
+
+    def __init__(self, groups: list[ChannelGroup], score_fn: PerImageScore) -> None:
+        self.score_fn = score_fn
+        self.keys: list[MapKey] = sorted({(s.module_name, s.kind) for g in groups for s in g.sources})
+        self.channel_dims = {(s.module_name, s.kind): s.channel_dim for g in groups for s in g.sources}
+        self.accumulators = {k: _Accumulator() for k in self.keys}
+        self.aliases: dict[MapKey, MapKey] = {}  # a map that is the same tensor as another's: counted once
+        # Maps already caught in this batch, by identity. Weak references: a freed map's memory can be
+        # reused by a later map, which must not be mistaken for the same tensor.
+        self.seen: dict[int, tuple[weakref.ref, MapKey]] = {}
+        self.pending: list[tuple[MapKey, torch.Tensor]] = []
+        self.images = 0
+
+    def record(self, key: MapKey, tensor: torch.Tensor) -> None:
+        ref, owner = self.seen.get(id(tensor), (None, None))
+        if ref is not None and ref() is tensor and owner != key:
+            self.aliases[key] = owner  # the same tensor feeds two layers: count it once
+            return
+        self.seen[id(tensor)] = (weakref.ref(tensor), key)
+        if self.channel_dims[key] != 1:
+            tensor = tensor.movedim(self.channel_dims[key], 1)  # a Linear sees channels last
+        self.pending.append((key, tensor.clone()))
+        if sum(t.numel() * t.element_size() for _, t in self.pending) >= PENDING_BYTES:
+            self.score_pending()
+
+    def score_pending(self) -> None:
+        # All maps first, then the bookkeeping: even tiny torch ops between two maps wake the
+        # forward pass's math threads, whose spinning then slows the scoring threads (1.3x).
+        scored = []
+        for key, tensor in self.pending:
+            try:
+                scored.append((key, tensor, self.score_fn(tensor)))
+            except ChipPruneError as exc:
+                raise ChipPruneError(f"while scoring the map at {key[0]} ({key[1]}): {exc}") from None
+        self.pending.clear()
+        for key, tensor, (scores, norms) in scored:
+            self.accumulators[key].add(scores, norms, self.images)
+            self.accumulators[key].spatial = tensor.dim() > 2 and tensor[0, 0].numel() > 1
+
+    def end_batch(self, images: int) -> None:
+        self.score_pending()
+        self.images += images
+        self.seen.clear()
+
+    @contextmanager
+    def hooked(self, model: nn.Module) -> Iterator[None]:
+        """Hooks on every map's module for the duration, the model in eval mode; both undone after."""
+        modules = dict(model.named_modules())
+        missing = [name for name, _ in self.keys if name not in modules]
+        if missing:
+            raise ChipPruneError(f"no module named '{missing[0]}' in the model")
+        hooks, was_training = [], model.training
+        model.eval()
+        try:
+            for name, kind in self.keys:
+                if kind == "input":
+                    hooks.append(modules[name].register_forward_pre_hook(lambda _m, args, k=(name, kind): self.record(k, args[0])))
+                else:
+                    hooks.append(modules[name].register_forward_hook(lambda _m, _a, out, k=(name, kind): self.record(k, out)))
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was_training)
+
+
 def score_groups(
     model: nn.Module,
     groups: Iterable[ChannelGroup],
@@ -113,80 +186,24 @@ def score_groups(
     """Score all channels of ``groups`` on the images of ``batches`` with ``score_fn`` (``label``
     names it in the progress bar)."""
     groups = list(groups)
-    modules = dict(model.named_modules())
     for g in groups:
         if not g.sources:
             raise ChipPruneError(
                 f"group '{g.name}' has no feature map that a hook can see (no layer consumes its channels); "
                 "list it as ignored or give it ratio 0"
             )
-
-    # One accumulator per (module, kind) map; a map seen by several groups is scored once per batch.
-    keys = sorted({(s.module_name, s.kind) for g in groups for s in g.sources})
-    channel_dims = {(s.module_name, s.kind): s.channel_dim for g in groups for s in g.sources}
-    accumulators = {k: _Accumulator() for k in keys}
-    aliases: dict[tuple[str, str], tuple[str, str]] = {}
-    # Maps already scored in this batch, by identity. Weak references: a freed map's memory can be
-    # reused by a later map, which must not be mistaken for the same tensor.
-    seen_this_batch: dict[int, tuple[weakref.ref, tuple[str, str]]] = {}
-    images = 0
-    pending: list[tuple[tuple[str, str], torch.Tensor]] = []
-
-    def score_pending() -> None:
-        # All maps first, then the bookkeeping: even tiny torch ops between two maps wake the
-        # forward pass's math threads, whose spinning then slows the scoring threads (1.3x).
-        scored = []
-        for key, tensor in pending:
-            try:
-                scored.append((key, tensor, score_fn(tensor)))
-            except ChipPruneError as exc:
-                raise ChipPruneError(f"while scoring the map at {key[0]} ({key[1]}): {exc}") from None
-        pending.clear()
-        for key, tensor, (scores, norms) in scored:
-            accumulators[key].add(scores, norms, images)
-            accumulators[key].spatial = tensor.dim() > 2 and tensor[0, 0].numel() > 1
-
-    def record(key: tuple[str, str], tensor: torch.Tensor) -> None:
-        ref, owner = seen_this_batch.get(id(tensor), (None, None))
-        if ref is not None and ref() is tensor and owner != key:
-            aliases[key] = owner  # the same tensor feeds two layers: count it once
-            return
-        seen_this_batch[id(tensor)] = (weakref.ref(tensor), key)
-        if channel_dims[key] != 1:
-            tensor = tensor.movedim(channel_dims[key], 1)  # a Linear sees channels last
-        pending.append((key, tensor.clone()))
-        if sum(t.numel() * t.element_size() for _, t in pending) >= PENDING_BYTES:
-            score_pending()
-
-    missing = [name for name, _ in keys if name not in modules]
-    if missing:
-        raise ChipPruneError(f"no module named '{missing[0]}' in the model")
-    hooks = []
-    was_training = model.training
-    model.eval()
-    try:
-        for name, kind in keys:
-            if kind == "input":
-                hooks.append(modules[name].register_forward_pre_hook(lambda _m, args, k=(name, kind): record(k, args[0])))
-            else:
-                hooks.append(modules[name].register_forward_hook(lambda _m, _a, out, k=(name, kind): record(k, out)))
-        with torch.inference_mode():
-            for x, _ in tqdm(batches, desc=f"scoring ({label})", total=total, disable=not progress, unit="batch"):
-                seen_this_batch.clear()
-                model(x.to(device))
-                score_pending()
-                images += x.shape[0]
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    images = _reduce_across_processes(accumulators, images, device)
+    collector = _MapCollector(groups, score_fn)
+    with collector.hooked(model), torch.inference_mode():
+        for x, _ in tqdm(batches, desc=f"scoring ({label})", total=total, disable=not progress, unit="batch"):
+            model(x.to(device))
+            collector.end_batch(x.shape[0])
+    images = _reduce_across_processes(collector.accumulators, collector.images, device)
     if images == 0:
         raise ChipPruneError("no calibration images: the data split is empty")
-    return {g.name: _combine(g, accumulators, aliases, images) for g in groups}
+    return {g.name: _combine(g, collector.accumulators, collector.aliases, images) for g in groups}
 
 
-def _reduce_across_processes(accumulators: dict[tuple[str, str], _Accumulator], images: int, device) -> int:
+def _reduce_across_processes(accumulators: dict[MapKey, _Accumulator], images: int, device) -> int:
     """Under torchrun, sum every process's score sums (each scored its share of the images)."""
     if world()[1] == 1:
         return images
@@ -205,8 +222,8 @@ def _reduce_across_processes(accumulators: dict[tuple[str, str], _Accumulator], 
 
 def _combine(
     group: ChannelGroup,
-    accumulators: dict[tuple[str, str], _Accumulator],
-    aliases: dict[tuple[str, str], tuple[str, str]],
+    accumulators: dict[MapKey, _Accumulator],
+    aliases: dict[MapKey, MapKey],
     images: int,
 ) -> GroupScores:
     # A map fed to two layers is scored once, under the first layer that ran.

@@ -32,7 +32,8 @@ def _child(data: str) -> None:
     import torch
 
     import chipprune
-    from chipprune.pipeline import Calibration, prunable_groups, score
+    from chipprune import Calibration, score
+    from chipprune.surgery import prunable_groups
 
     model, spec = chipprune.load_model("cifar_resnet56", "bundled")
     _, groups, _ = prunable_groups(model, spec)

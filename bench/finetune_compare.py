@@ -21,8 +21,8 @@ import torch
 
 import chipprune
 from chipprune.data import open_data
-from chipprune.distributed import Dist
-from chipprune.train import TrainConfig, fit, recipe_with
+from chipprune.runtime import Dist
+from chipprune.training import TrainConfig, fit, recipe_with
 
 SPARSITY = "[0.]+[0.15]*2+[0.4]*27"
 
@@ -43,7 +43,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model, spec = chipprune.load_model("cifar_resnet56", "bundled")
         result = chipprune.prune(
-            model, spec, sparsity=SPARSITY, criterion=criterion, calibration=chipprune.Calibration(data=data), progress=False
+            model, spec, SPARSITY, criterion=criterion, calibration=chipprune.Calibration(data=data), progress=False
         )
         r = result.report
         recipe = recipe_with("chip-cifar", epochs=args.epochs, warmup_epochs=0)
@@ -51,13 +51,13 @@ def main() -> None:
         summary = fit(result.model, spec, source, config, Dist())
         row = {
             "criterion": criterion,
-            "params": r["params_after"],
-            "macs": r["macs_after"],
-            "top1_before": r["top1_before"],
-            "top1_pruned": r["top1_after"],
-            "top1_pruned_no_bn": r["top1_after_no_bn_recalibration"],
-            "top1_finetuned": summary["test_top1"],
-            "selected_epoch": summary["selected_epoch"],
+            "params": r.params_after,
+            "macs": r.macs_after,
+            "top1_before": r.top1_before,
+            "top1_pruned": r.top1_after,
+            "top1_pruned_no_bn": r.top1_after_no_bn_recalibration,
+            "top1_finetuned": summary.test_top1,
+            "selected_epoch": summary.selected_epoch,
             "minutes": round((time.perf_counter() - t0) / 60, 1),
         }
         rows.append(row)

@@ -29,29 +29,30 @@ import time
 from pathlib import Path
 
 import chipprune
+from chipprune import Calibration, PlanRequest, load_pruned, save_pruned, score
 from chipprune.data import open_data
 from chipprune.errors import ChipPruneError
-from chipprune.latency import measure_latency
-from chipprune.latency_plan import BlendedLatency, plan_for_latency
-from chipprune.latency_table import LatencyModel, LatencyTable
-from chipprune.files import read_json, write_json
-from chipprune.metrics import count_macs, evaluate, recalibrate_batchnorm
-from chipprune.models.registry import create_model
-from chipprune.pipeline import (Calibration, Plan, _size_after, load_pruned, make_pruning_plan, prunable_groups, prune_model,
-                                save_pruned, score)
+from chipprune.evaluation.latency import measure_latency
+from chipprune.evaluation.metrics import count_macs, evaluate, recalibrate_batchnorm
+from chipprune.io.atomic import read_json, write_json
+from chipprune.pipeline import prune_to_plan
+from chipprune.planning import Plan, make_plan, size_after
+from chipprune.planning.latency_search import BlendedLatency, plan_for_latency
+from chipprune.planning.latency_table import LatencyModel, LatencyTable
+from chipprune.surgery import prunable_groups
 
 
 def _pruned(model, spec, keep, scores):
     m = copy.deepcopy(model)
-    dg, groups, classifier = prunable_groups(m, spec)
+    _, groups, _ = prunable_groups(m, spec)
     plan = Plan({g.name: 1 - keep[g.name] / g.channels for g in groups}, dict(keep), "bench")
-    return prune_model(m, spec, plan, groups, dg, classifier, None, scores=scores, progress=False)
+    return prune_to_plan(m, spec, plan, scores=scores, progress=False)
 
 
 def measure(spec_file: Path) -> None:
     """Time the original and every pruned folder in turn, round after round (run in a fresh process)."""
     job = read_json(spec_file)
-    original = create_model(job["model"]).eval()
+    original = chipprune.load_model(job["model"], None)[0]
     models = {"original": original, **{label: load_pruned(folder) for label, folder in job["folders"].items()}}
     times = {b: {label: [] for label in models} for b in job["batch_sizes"]}
     for _ in range(job["rounds"]):
@@ -85,12 +86,12 @@ def run_model(name, weights, data, batch_sizes, rounds, table, calib_images, pap
 
     plans: dict[str, dict[str, int]] = {}
     if paper:
-        plans[f"paper {paper}"] = make_pruning_plan(model, spec, groups, sparsity=paper).keep
-    macs_plan = make_pruning_plan(model, spec, groups, target_macs=0.5).keep
+        plans[f"paper {paper}"] = make_plan(model, spec, groups, PlanRequest(sparsity=paper)).keep
+    macs_plan = make_plan(model, spec, groups, PlanRequest(target_macs=0.5)).keep
     plans["MACs 50% (one ratio)"] = macs_plan
-    plans["MACs 50%, round-to 8"] = make_pruning_plan(model, spec, groups, target_macs=0.5, round_to=8).keep
+    plans["MACs 50%, round-to 8"] = make_plan(model, spec, groups, PlanRequest(target_macs=0.5, round_to=8)).keep
     if paper:  # the MAC budget of the fastest latency plan below, for a comparison at (about) equal speed
-        plans["MACs 44% (one ratio)"] = make_pruning_plan(model, spec, groups, target_macs=0.44).keep
+        plans["MACs 44% (one ratio)"] = make_plan(model, spec, groups, PlanRequest(target_macs=0.44)).keep
     b1 = lm[table_batches[0]]
     plans[f"latency 75% at batch {table_batches[0]}"] = _latency_plan(groups, scores, b1, 0.75 * b1.original)
     for frac in (0.65, 0.5):
@@ -139,7 +140,7 @@ def run_model(name, weights, data, batch_sizes, rounds, table, calib_images, pap
     rows = []
     for label, keep in plans.items():
         macs = count_macs(models[label], spec.image_size)
-        row = {"plan": label, "macs_fraction": macs / base_macs, "params": _size_after(model, spec, groups, keep)[0],
+        row = {"plan": label, "macs_fraction": macs / base_macs, "params": size_after(model, spec, groups, keep)[0],
                "top1": accuracy.get(label), "top1_original": accuracy.get("original")}
         for b in batch_sizes:
             ratios = [o / p for o, p in zip(times[b]["original"], times[b][label])]

@@ -56,14 +56,14 @@ def main() -> None:
         model, spec = chipprune.load_model(name, weights.get(name))
         calib = Calibration(data=data, images=640 if has_weights else 64, batch_size=128 if has_weights else 32)
         result = chipprune.prune(
-            model, spec, sparsity=sparsity, calibration=calib, evaluate_on=data if has_weights else False, progress=False
+            model, spec, sparsity, calibration=calib, evaluate_on=data if has_weights else False, progress=False
         )
         r = result.report
         row = {
             "model": name,
             "sparsity": sparsity,
-            "params": [r["params_before"], r["params_after"]],
-            "macs": [r["macs_before"], r["macs_after"]],
+            "params": [r.params_before, r.params_after],
+            "macs": [r.macs_before, r.macs_after],
             "paper_params": paper_params,
             "paper_macs": paper_macs,
             "paper_top1_after_finetuning": paper_top1,
@@ -71,11 +71,11 @@ def main() -> None:
         }
         top1 = "n/a (no weights)"
         if has_weights:
-            row.update(top1=[r["top1_before"], r["top1_after"]], top1_no_bn=r["top1_after_no_bn_recalibration"])
-            top1 = f"{r['top1_before']:.1f} -> {r['top1_after']:.1f} ({r['top1_after_no_bn_recalibration']:.1f})"
+            row.update(top1=[r.top1_before, r.top1_after], top1_no_bn=r.top1_after_no_bn_recalibration)
+            top1 = f"{r.top1_before:.1f} -> {r.top1_after:.1f} ({r.top1_after_no_bn_recalibration:.1f})"
         rows.append(row)
-        p = f"{_fmt(r['params_before'])} -> {_fmt(r['params_after'])}"
-        m = f"{_fmt(r['macs_before'])} -> {_fmt(r['macs_after'])}"
+        p = f"{_fmt(r.params_before)} -> {_fmt(r.params_after)}"
+        m = f"{_fmt(r.macs_before)} -> {_fmt(r.macs_after)}"
         print(f"{name:16}{sparsity:40}{p:>20}{m:>24}{top1:>40}{row['seconds']:>6.0f}s")
         print(f"{'  paper':16}{'':40}{paper_params:>20}{paper_macs:>24}{paper_top1 + ' (after fine-tuning)':>40}")
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 import chipprune
-from chipprune.pilot import pilot_markdown, run_pilot, sensitivity
+from chipprune.pilot import run_pilot, sensitivity
+from chipprune.reporting.markdown import pilot_markdown
 
 
 def main() -> None:

@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 
 import chipprune
-from chipprune.independence import _map_on_cpu_threads, channel_independence, channel_independence_reference
-from chipprune.pipeline import Calibration, prunable_groups, score
+from chipprune import Calibration, score
+from chipprune.scoring.independence import _map_on_cpu_threads, channel_independence, channel_independence_reference
+from chipprune.surgery import prunable_groups
 
 
 # --- the official loop, as in the CHIP repository's calculate_ci.py ---------------------------------

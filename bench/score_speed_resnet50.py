@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 
 import chipprune
-from chipprune.independence import channel_independence, channel_independence_reference
-from chipprune.pipeline import Calibration, prunable_groups, score
+from chipprune import Calibration, score
+from chipprune.scoring.independence import channel_independence, channel_independence_reference
+from chipprune.surgery import prunable_groups
 from score_speed import official_ci  # bench/ is on the path when this script runs
 
 

@@ -19,23 +19,24 @@ import torch
 import torchvision
 
 from chipprune import ChipPruneError, get_model_spec, load_pruned, save_pruned
-from chipprune.metrics import count_macs
-from chipprune.models import create_model
-from chipprune.pipeline import make_pruning_plan, prunable_groups, prune_model
+from chipprune.evaluation.metrics import count_macs
+from chipprune.pipeline import prune_to_plan
+from chipprune.planning import PlanRequest, make_plan
+from chipprune.surgery import prunable_groups
 
 
 def try_model(name: str, size: int) -> dict:
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    model = get_model_spec(name).build().eval()
     spec = get_model_spec(name, image_size=299 if name == "inception_v3" else size)
     size = spec.image_size
     try:
-        dg, groups, classifier = prunable_groups(model, spec)
-        plan = make_pruning_plan(model, spec, groups, sparsity="0.3")
+        _, groups, _ = prunable_groups(model, spec)
+        plan = make_plan(model, spec, groups, PlanRequest(sparsity="0.3"))
         macs = count_macs(model, size)
         batches = [(torch.randn(4, 3, size, size), None) for _ in range(2)]
-        result = prune_model(model, spec, plan, groups, dg, classifier, batches, progress=False)
+        result = prune_to_plan(model, spec, plan, batches=batches, progress=False)
         x = torch.randn(2, 3, size, size)
         with torch.no_grad():
             out = result.model(x)

@@ -185,6 +185,10 @@ def test_ignored_layers_and_the_classifier_keep_their_outputs():
     assert "layer2.1.conv1" not in names and "linear" not in names
     with pytest.raises(ChipPruneError, match="names no layer"):
         prunable_groups(model, spec, ignored=["layer9.conv"])
+    # A plan made without a layer is pruned without it, also when pruned apart from its planning.
+    _, result = prune_with_plan(model, spec, PlanRequest(sparsity="0.5", ignored=("layer2.1.conv1",)), criterion="l1")
+    assert model.layer2[1].conv1.out_channels == 32 and model.layer2[0].conv1.out_channels == 16
+    assert "layer2.1.conv1" not in {g["group"] for g in result.record["groups"]}
 
 
 @pytest.mark.parametrize("target", [0.1, 0.15, 0.2, 0.5])

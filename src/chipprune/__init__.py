@@ -13,7 +13,7 @@ from .data.calibration import Calibration  # noqa: E402
 from .errors import ChipPruneError  # noqa: E402
 from .io.pruned import PruneResult, load_pruned, save_pruned  # noqa: E402
 from .models.registry import get_model_spec, list_models, load_model  # noqa: E402
-from .pipeline import plan, prune, score  # noqa: E402
+from .pipeline import plan, prune, prune_to_plan, score  # noqa: E402
 from .planning.request import PlanRequest  # noqa: E402
 from .scoring.criteria import CRITERIA  # noqa: E402
 from .scoring.independence import channel_independence  # noqa: E402
@@ -32,6 +32,7 @@ __all__ = [
     "load_pruned",
     "plan",
     "prune",
+    "prune_to_plan",
     "save_pruned",
     "score",
 ]

@@ -106,7 +106,7 @@ def prune_to_plan(
     need none). The core of ``prune``, without data paths, evaluation or timing."""
     criterion = get_criterion(criterion)
     params, macs = count_params(model), count_macs(model, spec.image_size)
-    traced = prunable_groups(model.eval(), spec)
+    traced = prunable_groups(model.eval(), spec, list(plan.ignored))
     if scores is None:
         shrunk = [g for g in traced[1] if plan.keep[g.name] < g.channels]
         scores = criterion.score(model, shrunk, batches=batches, dg=traced[0], device=device, progress=progress)

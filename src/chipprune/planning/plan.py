@@ -32,6 +32,7 @@ class Plan:
     macs: int = 0
     # Latency plans: per batch size, the original's and the plan's predicted milliseconds.
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    ignored: tuple[str, ...] = ()  # layers that keep their output channels (the groups were traced without them)
 
 
 def size_after(model: nn.Module, spec: ModelSpec, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> tuple[int, int]:

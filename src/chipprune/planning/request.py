@@ -64,18 +64,20 @@ def make_plan(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Plan:
-    """Channels per group for ``request`` (``scores`` of every group when ``request.needs_scores``)."""
+    """Channels per group for ``request`` (``scores`` of every group when ``request.needs_scores``);
+    ``groups`` must be traced with ``request.ignored``."""
     if request.target_latency is not None:
         if scores is None:
             raise ChipPruneError("a latency budget needs the scores of every group first")
-        return plan_for_latency_budget(
+        plan = plan_for_latency_budget(
             model, spec, groups, scores, request.target_latency, batch_sizes=request.latency_batch_sizes,
             table=request.latency_table, max_shared_ratio=request.max_shared_ratio, device=device, progress=progress,
         )
-    if request.target_macs is not None:
+    elif request.target_macs is not None:
         plan = plan_for_macs(model, spec, groups, request.target_macs, request.round_to)
     else:
         plan = plan_for_sparsity(model, spec, groups, request.sparsity, request.round_to)
+    plan.ignored = tuple(request.ignored)
     round_to = request.round_to
     narrow = [g.name for g in groups if g.channels // g.channel_groups <= round_to and plan.keep[g.name] < g.channels]
     if round_to > 1 and narrow:

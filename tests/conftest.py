@@ -1,8 +1,21 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# One math thread per test process (subprocesses, CLI runs and torchrun, inherit it). The tests run
+# many small ops, where a second thread costs more than it gives: with torch's default (a thread per
+# core) a selection of them took 1.5x as long, idle and beside two busy processes alike
+# (bench/busy_neighbours.py, docs/busy_neighbours.txt; that bench alone sets CHIPPRUNE_BENCH_THREADS).
+PIN_ONE_THREAD = os.environ.get("CHIPPRUNE_BENCH_THREADS") != "default"
+if PIN_ONE_THREAD:
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+if PIN_ONE_THREAD:
+    torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -1,4 +1,4 @@
-"""Command line: each subcommand parses its options and calls the library; no logic of its own."""
+"""Command line: each subcommand parses its options and calls the library (the work is done there)."""
 
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ def run_model(name, weights, data, batch_sizes, rounds, table, calib_images, pap
             row[f"b{b}_original_ms"] = statistics.median(times[b]["original"])
             row[f"b{b}_measured_ms"] = statistics.median(times[b][label])
             if b in lm:
-                lm[b].refresh(keep)  # as make_latency_plan does before it reports a prediction
+                lm[b].refresh(keep)  # as plan_for_latency_budget does before it reports a prediction
             row[f"b{b}_predicted_speedup"] = lm[b].original / lm[b].predict(keep) if b in lm else None
             row[f"b{b}_speedup"] = statistics.median(ratios)
         rows.append(row)

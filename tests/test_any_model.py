@@ -203,3 +203,14 @@ def test_mac_target_plans_prune_widths_that_are_not_powers_of_two(target):
         g.name: plan.keep[g.name] for g in groups if plan.keep[g.name] < g.channels
     }
     assert result.model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_a_user_model_built_from_chipprunes_own_layers_prunes_and_reloads(tmp_path, capsys, monkeypatch):
+    # The option-A shortcut's pruner is every model's default, not only the registry's CIFAR ResNets'.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mynets.py").write_text("from chipprune.models import cifar_resnet\n\ndef resnet8():\n    return cifar_resnet(8)\n")
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", "mynets:resnet8", "--weights", "none", "--image-size", "32", "--sparsity", "0.5",
+                 "--criterion", "l1", "--no-eval", "--no-bn-recalibration", "--out", str(out), "--quiet"]) == 0
+    pruned = load_pruned(out, model="mynets:resnet8")
+    assert pruned.layer2[0].shortcut.out_channels < 32 and pruned(torch.randn(2, 3, 32, 32)).shape == (2, 10)

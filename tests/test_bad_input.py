@@ -278,7 +278,7 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 
 
-def test_a_killed_prune_leaves_no_folder(tmp_path):
+def test_a_killed_prune_leaves_no_folder_or_one_without_its_report(tmp_path):
     import signal
     import subprocess
     import sys
@@ -296,6 +296,18 @@ def test_a_killed_prune_leaves_no_folder(tmp_path):
                            "--no-eval", "--sparsity", "0.5", "--out", str(out), "--quiet"], capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
+
+    # SIGKILL between the files of the folder: report.json, written last, is absent (the folder says it is incomplete).
+    killed_while_saving = killed_while_scoring.replace(
+        "import chipprune.scoring.criteria as c\n"
+        "c.Criterion.score = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n",
+        "import chipprune.io.pruned as p\n"
+        "p.write_json = lambda path, obj: os.kill(os.getpid(), signal.SIGKILL)\n",
+    )
+    proc = subprocess.run([sys.executable, "-c", killed_while_saving, "prune", "--model", "cifar_resnet20", "--weights", "none",
+                           "--no-eval", "--sparsity", "0.5", "--criterion", "l1", "--out", str(out), "--quiet"], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert {p.name for p in out.iterdir()} == {"model.safetensors"}
 
 
 def test_fewer_calibration_images_than_processes_is_refused(monkeypatch):

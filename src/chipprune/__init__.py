@@ -7,16 +7,15 @@ scores) -> ``planning`` (channels per group) -> ``surgery`` (removing them) -> `
 runs the steps in order; ``pilot`` sweeps compression levels; ``cli`` is a thin layer over all this.
 """
 
-__version__ = "0.1.0"
-
-from .data.calibration import Calibration  # noqa: E402
-from .errors import ChipPruneError  # noqa: E402
-from .io.pruned import PruneResult, load_pruned, save_pruned  # noqa: E402
-from .models.registry import get_model_spec, list_models, load_model  # noqa: E402
-from .pipeline import plan, prune, prune_to_plan, score  # noqa: E402
-from .planning.request import PlanRequest  # noqa: E402
-from .scoring.criteria import CRITERIA  # noqa: E402
-from .scoring.independence import channel_independence  # noqa: E402
+from ._version import __version__
+from .data.calibration import Calibration
+from .errors import ChipPruneError
+from .io.pruned import PruneResult, load_pruned, save_pruned
+from .models.registry import get_model_spec, list_models, load_model
+from .pipeline import plan, prune, prune_to_plan, score
+from .planning.request import PlanRequest
+from .scoring.criteria import CRITERIA
+from .scoring.independence import channel_independence
 
 __all__ = [
     "__version__",

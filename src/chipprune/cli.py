@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .data.calibration import Calibration
 from .data.sources import BUNDLED, open_data
 from .errors import ChipPruneError

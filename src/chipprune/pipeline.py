@@ -98,18 +98,21 @@ def prune_to_plan(
     batches: Iterable | None = None,
     scores: Mapping[str, GroupScores] | None = None,
     criterion: str | Criterion = "chip",
+    seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> PruneResult:
     """Remove channels of ``model`` in place as ``plan`` says: chosen by ``scores``, or by scoring the
     groups the plan shrinks on ``batches`` (any iterable of (images, anything) pairs; weight criteria
-    need none). The core of ``prune``, without data paths, evaluation or timing."""
+    need none; ``seed`` seeds the random criterion). The core of ``prune``, without data paths,
+    evaluation or timing."""
     criterion = get_criterion(criterion)
+    model = model.to(device)
     params, macs = count_params(model), count_macs(model, spec.image_size)
     traced = prunable_groups(model.eval(), spec, list(plan.ignored))
     if scores is None:
         shrunk = [g for g in traced[1] if plan.keep[g.name] < g.channels]
-        scores = criterion.score(model, shrunk, batches=batches, dg=traced[0], device=device, progress=progress)
+        scores = criterion.score(model, shrunk, batches=batches, dg=traced[0], device=device, seed=seed, progress=progress)
     record = apply_plan(model, spec, plan, scores, traced, criterion=criterion.name)
     report = PruneReport(spec.name, criterion.name, plan.description, None, None, params, macs, count_params(model),
                          count_macs(model, spec.image_size), next((s.images for s in scores.values()), 0))
@@ -171,13 +174,15 @@ def prune(
     report.sparsity = plan.description
     with _timed(timings, "score_and_prune_s"):
         shrunk = [g for g in traced[1] if plan.keep[g.name] < g.channels]
-        scores = scores or _score_groups(criterion, model, traced, shrunk, loader, calibration.seed, device, progress)
+        if scores is None:
+            scores = _score_groups(criterion, model, traced, shrunk, loader, calibration.seed, device, progress)
         record = apply_plan(model, spec, plan, scores, traced, criterion=criterion.name)
     report.params_after, report.macs_after = count_params(model), count_macs(model, spec.image_size)
     report.calibration_images = next((scores[g.name].images for g in shrunk), 0)
     _evaluate_after(model, spec, report, test_loader, source if recalibrate_bn else None, loader, calibration, device, progress, timings)
     if original is not None:
         report.latency_ms = compare_models(original, model, spec.image_size, plan.latency, device=device)
+        report.predicted_ms = plan.latency
         report.predicted_speedup = {b: p["original_ms"] / p["predicted_ms"] for b, p in plan.latency.items()}
     report.timings = timings
     return PruneResult(model, spec, record, report, list(plan.notes))
@@ -216,7 +221,8 @@ def _evaluate_after(model, spec, report: PruneReport, test_loader, bn_source: Da
     if bn_source is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         with _timed(timings, "bn_recalibration_s"):
             # The calibration images again (the same crops: augmentation is seeded per image).
-            report.bn_recalibration_images = recalibrate_batchnorm(model, loader or calibration.loader(spec, bn_source), device)
+            bn_loader = loader if loader is not None else calibration.loader(spec, bn_source)
+            report.bn_recalibration_images = recalibrate_batchnorm(model, bn_loader, device)
             report.bn_recalibrated = True
     if test_loader is not None:
         after = evaluate(model, test_loader, device, progress=progress, desc="test (after)")

@@ -40,7 +40,10 @@ class PruneReport:
     bn_recalibrated: bool = False
     bn_recalibration_images: int = 0
     latency_ms: dict[str, Comparison] = field(default_factory=dict)  # by batch size
-    predicted_speedup: dict[str, float] = field(default_factory=dict)  # latency plans, by batch size
+    # Latency plans, by batch size: the table's prediction ({original_ms, predicted_ms}, at the table's
+    # reference speed: compare speed-ups, not milliseconds) and the predicted speed-up.
+    predicted_ms: dict[str, dict[str, float]] = field(default_factory=dict)
+    predicted_speedup: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step
 
     @property

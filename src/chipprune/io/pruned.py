@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import ChipPruneError
 from ..models.registry import get_model_spec
 from ..models.spec import ModelSpec

@@ -60,7 +60,10 @@ def load_model(
     """Build a model by name (or spec) and load weights: ``"bundled"`` (the shipped ones; an error for
     models that ship none), a file path, or None/"none" (random initialisation). Returns (model in
     eval mode, its spec)."""
-    spec = name if isinstance(name, ModelSpec) else get_model_spec(name, image_size)
+    if isinstance(name, ModelSpec):
+        spec = name if image_size is None else replace(name, image_size=int(image_size))
+    else:
+        spec = get_model_spec(name, image_size)
     model = spec.build(num_classes)
     if weights == "bundled":
         path = spec.bundled_weights_path()

@@ -18,6 +18,7 @@ from typing import Any
 import torch.nn as nn
 
 from ..errors import ChipPruneError
+from .layers import LAYER_PRUNERS
 
 __all__ = ["LayoutEntry", "ModelSpec", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR_MEAN", "CIFAR_STD"]
 
@@ -55,8 +56,8 @@ class ModelSpec:
     # The module whose *output* shows a group's channels, by group name, where the official code
     # scores another map than the consumers' input (None for a group: the default).
     feature_map: Callable[[str], str | None] | None = None
-    # Torch-Pruning pruning functions for the model's own layer types (e.g. the option-A shortcut).
-    custom_pruners: Mapping[type, Any] = field(default_factory=dict)
+    # Torch-Pruning pruning functions for layer types it does not know (default: chipprune's own layers).
+    custom_pruners: Mapping[type, Any] = field(default_factory=lambda: dict(LAYER_PRUNERS), hash=False, compare=False)
 
     def bundled_weights_path(self) -> Path | None:
         if self.bundled_weights is None:

@@ -87,14 +87,15 @@ def run_pilot(
 ) -> PilotReport:
     """Sweep the MAC levels of ``settings``; write pilot.json, pilot.md, pilot.png into ``out``."""
     calibration = calibration or Calibration(data=data)
-    folder, source, model = PilotFolder(out), open_data(data), model.to(device).eval()
+    source, model = open_data(data), model.to(device).eval()
+    test_loader = test_loader_for(spec, source)  # before anything is written: no test images, no folder
+    folder = PilotFolder(out)
     folder.claim({
         "model": spec.name, "image_size": spec.image_size, "weights_sha256": weights_digest(model), "data": data_location(data),
         "calibration_images": calibration.images, "calibration_batch_size": calibration.batch_size,
         "calibration_seed": calibration.seed, "calibration_augment": calibration.augment, "device": str(torch.device(device)),
         **{k: v for k, v in asdict(settings).items() if k not in ("levels", "max_drop")},
     })
-    test_loader = test_loader_for(spec, source)
     base_flags = correct_flags(model, test_loader, device)
     scores = _scores(model, spec, folder, settings, calibration, source, device, progress)
     levels = []

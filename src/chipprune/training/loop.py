@@ -214,7 +214,7 @@ class _Trainer:
                    disable=not (config.progress and self.dist.is_main), unit="step")
         started = time.perf_counter()
         for step in bar:
-            sums += self.train_step(epoch, step, *next(iterator))
+            sums += self.train_step(epoch, step, iterator)
             bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
             if config.checkpoint_every_steps and (epoch * data.steps_per_epoch + step + 1) % config.checkpoint_every_steps == 0:
                 # The epoch's training loss and accuracy so far, over all processes, survive a resume too.
@@ -228,9 +228,10 @@ class _Trainer:
             "seconds": round(time.perf_counter() - started, 2),
         }
 
-    def train_step(self, epoch: int, step: int, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """One optimiser step; (loss * n, correct, n) of the batch."""
+    def train_step(self, epoch: int, step: int, batches: Iterator) -> torch.Tensor:
+        """One optimiser step on the next batch; (loss * n, correct, n) of the batch."""
         torch.manual_seed(_step_seed(self.config.seed, epoch, step, self.dist.rank))
+        images, labels = next(batches)
         x, y = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)

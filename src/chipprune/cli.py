@@ -16,7 +16,7 @@ from ._version import __version__
 from .data.calibration import Calibration
 from .data.sources import BUNDLED, open_data
 from .errors import ChipPruneError
-from .evaluation.latency import compare_latency, measure_latency, measure_onnx_latency
+from .evaluation.latency import compare_latency, model_runner, onnx_runner
 from .evaluation.metrics import count_macs, count_params, evaluate
 from .io.atomic import save_tensors, write_json
 from .io.onnx import export_onnx
@@ -171,31 +171,36 @@ def cmd_eval(args: argparse.Namespace) -> None:
         acc = evaluate(model, source.test_loader(spec), device, progress=not args.quiet)
         print(f"top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['images']} test images of {source.description}")
     if args.latency:
-        original = spec.build(record.get("num_classes"))
-        base_macs = count_macs(original, spec.image_size)
-        print(f"\nlatency on {device} ({torch.get_num_threads()} threads), {spec.image_size}x{spec.image_size} images:")
-        print(f"{'runtime':14}{'batch':>6}{'original ms':>13}{'pruned ms':>11}{'speed-up':>10}{'(rounds)':>14}{'MAC reduction':>15}")
-        unsteady = False
-        onnx_file = Path(args.folder) / "model.onnx"
-        with tempfile.TemporaryDirectory() as tmp:
-            # Per runtime, what is timed for the original and for the pruned model.
-            runtimes = [("pytorch eager", measure_latency, original, model)]
-            if onnx_file.is_file():  # the deployment path of an exported model: ONNX Runtime, original exported alike
-                export_onnx(original, spec.image_size, Path(tmp) / "original.onnx")
-                runtimes.append(("onnxruntime", measure_onnx_latency, str(Path(tmp) / "original.onnx"), str(onnx_file)))
-            for runtime, measure, original_form, pruned_form in runtimes:
-                for batch in args.batch_sizes:
-                    c = compare_latency(measure, original_form, pruned_form, spec.image_size, batch, device=device)
-                    unsteady = unsteady or c.unsteady
-                    print(
-                        f"{runtime:14}{batch:>6}{c.before_ms:>13.2f}{c.after_ms:>11.2f}{c.speedup:>9.2f}x"
-                        f"{f'{c.speedup_low:.2f}-{c.speedup_high:.2f}x':>14}{base_macs / macs:>14.2f}x"
-                    )
-        print("(medians over 3 rounds that alternate the two models, after warm-up; the original has the same architecture, random weights"
-              + ("" if onnx_file.is_file() else f"; run 'chipprune export {args.folder}' to time ONNX Runtime too") + ")")
-        if unsteady:
-            warnings.warn("the speed-up changed by more than 25% between rounds: the machine's load moved while timing; "
-                          "rerun on an idle machine before relying on these figures")
+        _print_latency(args, model, spec, record, device)
+
+
+def _print_latency(args: argparse.Namespace, model: torch.nn.Module, spec, record: dict, device: torch.device) -> None:
+    """The original (same architecture, random weights: speed does not depend on them) against the
+    pruned model, in eager PyTorch and, once exported, in ONNX Runtime."""
+    original = spec.build(record.get("num_classes"))
+    mac_ratio = count_macs(original, spec.image_size) / count_macs(model, spec.image_size)
+    onnx_file = Path(args.folder) / "model.onnx"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runtimes = [("pytorch eager", lambda m, b: model_runner(m, spec.image_size, b, device), original, model)]
+        if onnx_file.is_file():  # the deployment path of an exported model: ONNX Runtime, the original exported alike
+            export_onnx(original, spec.image_size, Path(tmp) / "original.onnx")
+            runtimes.append(("onnxruntime", lambda f, b: onnx_runner(f, spec.image_size, b, device), Path(tmp) / "original.onnx", onnx_file))
+        for runtime, runner, before, after in runtimes:
+            for batch in args.batch_sizes:
+                c = compare_latency(runner(before, batch), runner(after, batch), batch, device=device, progress=not args.quiet,
+                                    desc=f"timing {runtime}, batch {batch}")
+                rows.append((runtime, batch, c))
+    print(f"\nlatency on {device} ({torch.get_num_threads()} threads), {spec.image_size}x{spec.image_size} images:")
+    print(f"{'runtime':14}{'batch':>6}{'original ms':>13}{'pruned ms':>11}{'speed-up':>10}{'95% interval':>15}{'rounds':>8}{'MAC reduction':>15}")
+    for runtime, batch, c in rows:
+        print(f"{runtime:14}{batch:>6}{c.before_ms:>13.2f}{c.after_ms:>11.2f}{c.speedup:>9.2f}x"
+              f"{f'{c.speedup_low:.2f}-{c.speedup_high:.2f}x':>15}{c.rounds:>8}{mac_ratio:>14.2f}x")
+    print("(medians of rounds that alternate the two models after warm-up, until the interval is within 5% or 30 s have passed"
+          + ("" if onnx_file.is_file() else f"; run 'chipprune export {args.folder}' to time ONNX Runtime too") + ")")
+    for runtime, batch, c in rows:
+        if not (c.faster and c.precise):
+            print(f"note: {runtime} at batch {batch}: {speedup_text(c)}")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

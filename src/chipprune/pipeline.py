@@ -181,7 +181,7 @@ def prune(
     report.calibration_images = next((scores[g.name].images for g in shrunk), 0)
     _evaluate_after(model, spec, report, test_loader, source if recalibrate_bn else None, loader, calibration, device, progress, timings)
     if original is not None:
-        report.latency_ms = compare_models(original, model, spec.image_size, plan.latency, device=device)
+        report.latency_ms = compare_models(original, model, spec.image_size, plan.latency, device=device, progress=progress)
         report.predicted_ms = plan.latency
         report.predicted_speedup = {b: p["original_ms"] / p["predicted_ms"] for b, p in plan.latency.items()}
     report.timings = timings

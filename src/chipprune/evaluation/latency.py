@@ -1,19 +1,26 @@
-"""Measured inference latency: warm-up, inference mode, many repeats, median and spread.
+"""Measured inference latency, one way for everything chipprune reports: the original and the
+pruned model timed in alternating rounds in one process, after warm-up, until the speed-up is known
+to a stated precision (or a time cap), summarised as the median speed-up with a confidence interval.
 
-Uses ``torch.utils.benchmark.Timer`` (warm-up and repeat blocks handled by PyTorch, CUDA synchronised).
+Every timing goes through ``time_call`` (``torch.utils.benchmark.Timer``: blocks of repeats, CUDA
+synchronised): the one seam a test replaces with a deterministic clock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-
 import logging
+import math
 import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from tqdm.auto import tqdm
 
 from ..errors import ChipPruneError
 
@@ -21,7 +28,10 @@ from ..errors import ChipPruneError
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 from torch.utils import benchmark  # noqa: E402
 
-__all__ = ["Latency", "Comparison", "time_call", "measure_latency", "measure_onnx_latency", "compare_latency", "compare_models"]
+__all__ = [
+    "Latency", "Comparison", "time_call", "model_runner", "onnx_runner", "measure_latency", "median_interval", "compare_latency",
+    "compare_models",
+]
 
 
 @dataclass
@@ -44,10 +54,8 @@ def time_call(run: Callable[[], object], batch_size: int, device: str, *, min_ru
     return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run, device, min(m.times) * 1e3)
 
 
-def measure_latency(
-    model: nn.Module, image_size: int, batch_size: int, *, device: torch.device | str = "cpu", min_run_time: float = 1.0
-) -> Latency:
-    """Median wall-clock time of one forward pass of ``batch_size`` images, in milliseconds."""
+def model_runner(model: nn.Module, image_size: int, batch_size: int, device: torch.device | str = "cpu") -> Callable[[], None]:
+    """One forward pass of a fixed random batch through ``model`` in inference mode, ready to time."""
     model = model.eval().to(device)
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
 
@@ -55,14 +63,12 @@ def measure_latency(
         with torch.inference_mode():
             model(x)
 
-    return time_call(run, batch_size, str(device), min_run_time=min_run_time)
+    return run
 
 
-def measure_onnx_latency(
-    path: str, image_size: int, batch_size: int, *, device: torch.device | str = "cpu", min_run_time: float = 1.0
-) -> Latency:
-    """The same measurement for an ONNX file run by ONNX Runtime (CUDA provider on a CUDA device when
-    installed, else CPU with as many threads as torch uses)."""
+def onnx_runner(path: str | Path, image_size: int, batch_size: int, device: torch.device | str = "cpu") -> Callable[[], None]:
+    """One ONNX Runtime call on a fixed random batch (CUDA provider on a CUDA device when installed,
+    else the CPU with as many threads as torch uses), ready to time."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -74,49 +80,111 @@ def measure_onnx_latency(
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(path), options, providers=providers)
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)}
-    label = f"onnxruntime {providers[0].removesuffix('ExecutionProvider')}"
-    return time_call(lambda: session.run(None, feed), batch_size, label, min_run_time=min_run_time)
+    return lambda: session.run(None, feed)
+
+
+def measure_latency(
+    model: nn.Module, image_size: int, batch_size: int, *, device: torch.device | str = "cpu", min_run_time: float = 1.0
+) -> Latency:
+    """Wall-clock time of one forward pass of ``batch_size`` images (median and fastest block), in ms."""
+    return time_call(model_runner(model, image_size, batch_size, device), batch_size, str(device), min_run_time=min_run_time)
 
 
 @dataclass
 class Comparison:
-    """Original against pruned on one device and batch size, timed in alternating rounds: the
-    median time of each, and the median over rounds of the per-round speed-up with its range.
-    Every latency chipprune reports is one of these."""
+    """Original against pruned on one device and batch size, timed in rounds that alternate the two.
 
-    before_ms: float
+    ``speedup`` is the median over rounds of the round's speed-up (original time / pruned time), and
+    ``speedup_low``-``speedup_high`` its confidence interval at ``confidence`` (order statistics: no
+    assumption about how the machine's noise is distributed). ``precise``: the interval came within
+    the asked precision before the time cap. Every latency chipprune reports is one of these.
+    """
+
+    before_ms: float  # median over rounds
     after_ms: float
     speedup: float
-    speedup_low: float  # the slowest and fastest round's speed-up: how much the machine's load moved
+    speedup_low: float
     speedup_high: float
     rounds: int = 0
     device: str = ""
+    confidence: float = 0.95
+    precise: bool = True
 
     @property
-    def unsteady(self) -> bool:
-        """The rounds disagree by more than 25%: the load on the machine changed while timing."""
-        return self.speedup_high > 1.25 * self.speedup_low
+    def faster(self) -> bool:
+        """The pruned model is faster, beyond doubt at the stated confidence."""
+        return self.speedup_low > 1.0
+
+    @property
+    def slower(self) -> bool:
+        return self.speedup_high < 1.0
+
+
+def median_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median: order statistics k and n + 1 - k, with
+    the largest k whose binomial tail leaves at most (1 - confidence) / 2 on each side (the whole
+    range when there are too few values for that)."""
+    ordered, n = sorted(values), len(values)
+    tail, k = 0.0, 0
+    while k < n // 2:
+        tail += math.comb(n, k) / 2**n  # P(fewer than k + 1 values below the median)
+        if tail > (1 - confidence) / 2:
+            break
+        k += 1
+    k = max(k, 1)
+    return ordered[k - 1], ordered[n - k]
 
 
 def compare_latency(
-    measure: Callable[..., Latency], original: object, pruned: object, image_size: int, batch_size: int, *,
-    device: torch.device | str = "cpu", rounds: int = 3, min_run_time: float = 0.4,
+    original: Callable[[], object],
+    pruned: Callable[[], object],
+    batch_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    precision: float = 0.05,
+    max_seconds: float = 30.0,
+    min_rounds: int = 6,
+    block_seconds: float = 0.1,
+    confidence: float = 0.95,
+    progress: bool = False,
+    desc: str = "timing",
 ) -> Comparison:
-    """Time ``original`` and ``pruned`` (models with ``measure_latency``, or ONNX files with
-    ``measure_onnx_latency``) in alternating rounds, so that a change in the machine's load hits
-    both alike; the speed-up is the median over rounds of the per-round ratio."""
-    before, after, ratios = [], [], []
-    for r in range(rounds):
+    """Time two runners (``model_runner``, ``onnx_runner``) in alternating rounds after warm-up: each
+    round times a block of each, the order flipping every round, so a change in the machine's load
+    hits both alike. Rounds go on until the speed-up's interval lies within +-``precision`` of its
+    median (at least ``min_rounds``), or ``max_seconds`` have passed."""
+    for run in (original, pruned):
+        time_call(run, batch_size, str(device), min_run_time=block_seconds)  # warm-up
+    before: list[float] = []
+    after: list[float] = []
+    ratios: list[float] = []
+    started = time.monotonic()
+    bar = tqdm(desc=desc, unit="round", disable=not progress, leave=False)
+    while True:
         pair = [(original, before), (pruned, after)]
-        for form, times in pair if r % 2 == 0 else pair[::-1]:
-            times.append(measure(form, image_size, batch_size, device=device, min_run_time=min_run_time).median_ms)
+        for run, times in pair if len(ratios) % 2 == 0 else pair[::-1]:
+            times.append(time_call(run, batch_size, str(device), min_run_time=block_seconds, warmup=0).median_ms)
         ratios.append(before[-1] / after[-1])
-    return Comparison(statistics.median(before), statistics.median(after), statistics.median(ratios), min(ratios), max(ratios),
-                      rounds, str(device))
+        bar.update()
+        if len(ratios) < min_rounds:
+            continue
+        low, high = median_interval(ratios, confidence)
+        mid = statistics.median(ratios)
+        precise = high <= mid * (1 + precision) and low >= mid * (1 - precision)
+        if precise or time.monotonic() - started >= max_seconds:
+            break
+    bar.close()
+    return Comparison(statistics.median(before), statistics.median(after), mid, low, high, len(ratios), str(device), confidence,
+                      precise)
 
 
 def compare_models(
-    original: nn.Module, pruned: nn.Module, image_size: int, batch_sizes: Iterable[int], *, device: torch.device | str = "cpu",
+    original: nn.Module, pruned: nn.Module, image_size: int, batch_sizes: Iterable[int | str], *,
+    device: torch.device | str = "cpu", progress: bool = False,
 ) -> dict[str, Comparison]:
     """``compare_latency`` of two models in eager PyTorch at each batch size, keyed by batch size."""
-    return {str(b): compare_latency(measure_latency, original, pruned, image_size, int(b), device=device) for b in batch_sizes}
+    return {
+        str(b): compare_latency(model_runner(original, image_size, int(b), device), model_runner(pruned, image_size, int(b), device),
+                                int(b), device=device, progress=progress, desc=f"timing batch {b}")
+        for b in batch_sizes
+    }

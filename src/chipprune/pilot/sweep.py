@@ -102,7 +102,8 @@ def run_pilot(
     for target in settings.levels:
         level = folder.level(target)
         if level is None:
-            level = _measure_level(model, spec, target, scores, settings, calibration, source, test_loader, base_flags, folder, device)
+            level = _measure_level(model, spec, target, scores, settings, calibration, source, test_loader, base_flags, folder, device,
+                                   progress)
             folder.save_level(level)
             if progress:
                 print(f"level {target:.0%} of MACs: top-1 {level.top1:.2f}% (drop {level.drop:+.2f}, up to {level.drop_high:+.2f}), "
@@ -135,7 +136,7 @@ def _scores(model, spec, folder: PilotFolder, settings: PilotSettings, calibrati
 
 
 def _measure_level(model, spec, target: float, scores, settings: PilotSettings, calibration: Calibration, source: DataSource,
-                   test_loader: DataLoader, base_flags: torch.Tensor, folder: PilotFolder, device) -> PilotLevel:
+                   test_loader: DataLoader, base_flags: torch.Tensor, folder: PilotFolder, device, progress: bool) -> PilotLevel:
     """Prune a copy to ``target`` of the MACs, re-estimate BatchNorm, fine-tune if asked, measure."""
     candidate = copy.deepcopy(model)
     traced = prunable_groups(candidate, spec)
@@ -150,7 +151,7 @@ def _measure_level(model, spec, target: float, scores, settings: PilotSettings, 
     flags = correct_flags(candidate, test_loader, device)
     drop, drop_low, drop_high = paired_drop_interval(base_flags, flags, settings.confidence)
     low, high = wilson_interval(int(flags.sum()), flags.numel(), settings.confidence)
-    latency = compare_models(model, candidate, spec.image_size, [1, settings.throughput_batch], device=device)
+    latency = compare_models(model, candidate, spec.image_size, [1, settings.throughput_batch], device=device, progress=progress)
     return PilotLevel(
         target, count_params(candidate), count_macs(candidate, spec.image_size), 100 * float(flags.double().mean()), low, high,
         drop, drop_low, drop_high, settings.finetune_epochs, latency["1"], latency[str(settings.throughput_batch)],

@@ -18,10 +18,19 @@ def change(before: float, after: float) -> str:
     return f"{100.0 * (after - before) / before:+.1f}%" if before else ""
 
 
-def speedup_text(c: Comparison, word: str = "faster") -> str:
-    """'1.57x faster (rounds 1.50-1.62x)', and a warning in words when the rounds disagree."""
-    text = f"{c.speedup:.2f}x {word} (rounds {c.speedup_low:.2f}-{c.speedup_high:.2f}x)"
-    return text + (", unsteady: the machine's load moved while timing" if c.unsteady else "")
+def speedup_text(c: Comparison) -> str:
+    """The speed-up in words: '1.57x faster (95% interval 1.50-1.62x, 6 rounds)'; a speed-up whose
+    interval contains 1.0 is called no measurable difference, and rounds that never agreed are said."""
+    interval = f"{c.confidence:.0%} interval {c.speedup_low:.2f}-{c.speedup_high:.2f}x, {c.rounds} rounds"
+    if c.faster:
+        text = f"{c.speedup:.2f}x faster ({interval})"
+    elif c.slower:
+        text = f"{c.speedup:.2f}x, slower ({interval})"
+    else:
+        text = f"{c.speedup:.2f}x: no measurable difference ({interval}, which contains 1.0)"
+    if not c.precise:
+        text += "; the rounds kept disagreeing (the machine's load moved): rerun on an idle machine for a firmer figure"
+    return text
 
 
 def _rho(value: float | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..evaluation.latency import Comparison
 from ..io.atomic import atomic_write_bytes, write_json
 from ..results import FinetuneReport, PilotReport
 from .console import change, speedup_text
@@ -70,6 +71,11 @@ def finetune_markdown(r: FinetuneReport, record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _speedup_cell(c: Comparison) -> str:
+    mark = "" if c.faster or c.slower else " ~"
+    return f"{c.speedup:.2f}x ({c.speedup_low:.2f}-{c.speedup_high:.2f}){mark}"
+
+
 def pilot_markdown(pilot: PilotReport) -> str:
     """A one-page report a manager can read."""
     b, conf, tb = pilot.baseline, pilot.confidence, pilot.baseline.throughput_batch
@@ -77,7 +83,8 @@ def pilot_markdown(pilot: PilotReport) -> str:
         f"# Pilot: how far can {pilot.model} be compressed?",
         "",
         f"Data: {pilot.data}; {b.test_images} test images. Channels ranked by {pilot.criterion.upper()}. "
-        f"Intervals at {conf:.0%} confidence. Latency: medians of rounds that alternate each level with the original.",
+        f"Intervals at {conf:.0%} confidence. Latency: medians of rounds that alternate each level with the original "
+        "(speed-up with its 95% interval; '~' marks an interval that contains 1.0: no measurable difference).",
         "",
         f"| MACs (target) | params | MACs | latency b=1 | speed-up | latency b={tb} | speed-up | top-1 (%) | interval | drop (points) | drop up to |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -86,8 +93,8 @@ def pilot_markdown(pilot: PilotReport) -> str:
     ]
     for lv in pilot.levels:
         lines.append(
-            f"| {lv.target:.0%} | {lv.params:,} | {lv.macs:,} | {lv.latency.after_ms:.2f} ms | {lv.latency.speedup:.2f}x | "
-            f"{lv.throughput.after_ms:.1f} ms | {lv.throughput.speedup:.2f}x | {lv.top1:.2f} | {lv.top1_low:.1f}-{lv.top1_high:.1f} | "
+            f"| {lv.target:.0%} | {lv.params:,} | {lv.macs:,} | {lv.latency.after_ms:.2f} ms | {_speedup_cell(lv.latency)} | "
+            f"{lv.throughput.after_ms:.1f} ms | {_speedup_cell(lv.throughput)} | {lv.top1:.2f} | {lv.top1_low:.1f}-{lv.top1_high:.1f} | "
             f"{lv.drop:+.2f} | {lv.drop_high:+.2f} |"
         )
     rec = pilot.recommended
@@ -99,8 +106,8 @@ def pilot_markdown(pilot: PilotReport) -> str:
             f"Prune to **{rec.target:.0%} of the MACs** ({rec.macs:,} MACs, {rec.params:,} parameters): "
             f"the smallest level whose accuracy drop stays within {pilot.max_drop} point(s) at {conf:.0%} "
             f"confidence (measured drop {rec.drop:+.2f}, at most {rec.drop_high:+.2f}), {how}. "
-            f"It runs {speedup_text(rec.latency, 'as fast')} at batch 1 and {speedup_text(rec.throughput, 'as fast')} "
-            f"at batch {tb} on this machine (eager PyTorch)."
+            f"On this machine (eager PyTorch) it runs {speedup_text(rec.latency)} at batch 1 and "
+            f"{speedup_text(rec.throughput)} at batch {tb}."
         )
     else:
         lines.append(

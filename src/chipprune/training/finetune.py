@@ -44,7 +44,7 @@ def finetune(
         top1_after=summary.test_top1, top5_after=summary.test_top5, test_images=summary.test_images, finetune=summary,
         top1_before=pruned.get("top1_before"), top5_before=pruned.get("top5_before"), top1_after_pruning=pruned.get("top1_after"),
         # The original has the pruned model's architecture before pruning, with random weights: speed does not depend on them.
-        latency_ms=compare_models(original, net, spec.image_size, [1], device=dist_info.device),
+        latency_ms=compare_models(original, net, spec.image_size, [1], device=dist_info.device, progress=config.progress),
     )
     write_json(Path(config.out) / "pruning.json", record)
     write_report(Path(config.out), report, record)

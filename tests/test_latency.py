@@ -79,6 +79,65 @@ def test_remeasure_keeps_the_fastest(tmp_path):
     assert table.get(CONV, 1, remeasure=True) == 3.0
 
 
+def test_a_table_timed_at_another_speed_is_timed_again_before_use(tmp_path):
+    path, timer = tmp_path / "t.json", CountingTimer()
+    table = LatencyTable(path, timer=timer)
+    table.check_conditions(1)
+    first = table.get(CONV, 1)
+    table.save()
+    # Same speed: the cached entry serves, nothing is timed.
+    again = LatencyTable(path, timer=timer)
+    again.check_conditions(1)
+    calls = timer.calls
+    assert again.get(CONV, 1) == first and timer.calls == calls and not again.notes
+    # The machine runs 2x slower now (another load or power state): entries are timed again, once.
+    timer.speed = 2.0
+    slower = LatencyTable(path, timer=timer)
+    slower.check_conditions(1)
+    slower.get(CONV, 1)
+    slower.get(CONV, 1)
+    assert timer.calls == calls + 1 and "another speed of this machine" in slower.notes[0]
+    # --retime does the same whatever the speed.
+    timer.speed = 1.0
+    forced = LatencyTable(path, timer=timer, retime=True)
+    forced.get(CONV, 1)
+    assert timer.calls == calls + 2
+
+
+def test_layers_slower_than_their_model_are_timed_again_then_scaled_to_agree(tmp_path):
+    model, spec = chipprune.load_model("cifar_resnet20", None)
+    _, groups, _ = prunable_groups(model, spec)
+
+    class Disturbed(CountingTimer):  # every layer alone 'takes' 100x what the counting timer says
+        def __call__(self, shape, batch):
+            return super().__call__(shape, batch) * (1.0 if shape == _REFERENCE else 100.0)
+
+    table = LatencyTable(tmp_path / "t.json", timer=Disturbed())
+    lm = LatencyModel(model, spec, groups, table, progress=False)
+    full = {g.name: g.channels for g in groups}
+    assert lm.scale < 0.1 and lm.predict(full) == pytest.approx(lm.original)  # the prediction at full width is the measured model
+    assert "scaled to agree" in table.notes[0]
+
+
+def test_a_plan_predicted_no_faster_after_re_timing_is_called_unreliable_timing(tmp_path):
+    from chipprune.planning.latency_search import _confirm_predictions
+    from chipprune.planning.plan import Plan
+
+    full, keep = {"g": 16}, {"g": 8}
+
+    class Drifting:  # re-timed, the unpruned model came out faster than the plan
+        batch_size, original = 1, 10.0
+
+        def refresh(self, _):
+            pass
+
+        def predict(self, k):
+            return 9.0 if k == full else 9.5
+
+    with pytest.raises(ChipPruneError, match="latency timings on this machine are unreliable"):
+        _confirm_predictions(Plan({"g": 0.5}, keep, "test"), [Drifting()], full, LatencyTable(tmp_path / "t.json", timer=CountingTimer()))
+
+
 def test_another_machines_table_is_refused(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"format": "chipprune-latency-table/1", "machine": "cuda Imaginary GPU", "entries": {}}))

@@ -139,7 +139,7 @@ def _plan_request(args: argparse.Namespace) -> PlanRequest:
     return PlanRequest(
         sparsity=args.sparsity, target_macs=args.target_macs, target_latency=args.target_latency, round_to=args.round_to,
         ignored=tuple(args.ignore), latency_batch_sizes=tuple(args.latency_batch), latency_table=args.latency_table,
-        max_shared_ratio=args.max_shared_ratio,
+        max_shared_ratio=args.max_shared_ratio, retime=args.retime,
     )
 
 
@@ -306,6 +306,9 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
                    help="batch size(s) the latency budget is for (default 1; several: their mean fraction)")
     p.add_argument("--latency-table", default=None, metavar="FILE",
                    help="latency table JSON to use and extend (default: this machine's, in ~/.cache/chipprune/latency)")
+    p.add_argument("--retime", action="store_true",
+                   help="with --target-latency: time again every latency-table entry the search uses (done by itself "
+                   "when the machine runs at another speed than when the table was timed)")
     p.add_argument("--max-shared-ratio", type=float, default=0.3, metavar="R",
                    help="with --target-latency: the largest fraction of a residual stream's channels to remove (default 0.3)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER", help="layers whose output channels stay")

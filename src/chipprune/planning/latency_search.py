@@ -157,8 +157,8 @@ def plan_for_latency(
     keep = {g.name: g.channels for g in groups}
     widths = {g.name: candidate_widths(g, max_shared_ratio if len(scores[g.name].maps) > 1 else max_ratio) for g in prunable}
     mass = {g.name: removal_mass(g, scores[g.name]) for g in prunable}
-    predicted = predictor.predict(keep)
-    plan = LatencyPlan(dict(keep), predicted, predictor.original, target, 0.0)
+    predicted = start = predictor.predict(keep)  # the unpruned model: the unit of fractions below
+    plan = LatencyPlan(dict(keep), predicted, start, target, 0.0)
     # Progress is the way from the original latency down to the target; layers are timed on the way.
     bar = tqdm(total=100, desc="latency plan", unit="%", disable=not progress, leave=False, bar_format="{desc}: {bar}| {n:.0f}% [{elapsed}]")
     while predicted > target:
@@ -167,9 +167,9 @@ def plan_for_latency(
             best = _best_move(prunable, keep, widths, mass, predictor, None)
         if best is None:
             raise ChipPruneError(
-                f"the latency target ({target / predictor.original:.1%} of the original) cannot be reached: with no group "
+                f"the latency target ({target / start:.1%} of the original) cannot be reached: with no group "
                 f"pruned by more than {max_ratio:.0%} (residual streams {max_shared_ratio:.0%}), the best predicted is "
-                f"{predicted / predictor.original:.1%} (the rest is in layers that are not pruned, or in widths that are "
+                f"{predicted / start:.1%} (the rest is in layers that are not pruned, or in widths that are "
                 "no faster); a larger --max-shared-ratio lets residual streams go further, at a cost in accuracy"
             )
         _, name, width, saved, cost = best
@@ -177,7 +177,7 @@ def plan_for_latency(
         keep[name] = width
         plan.cost += cost
         predicted = predictor.predict(keep)
-        bar.update(min(100.0, 100 * (predictor.original - predicted) / max(1e-12, predictor.original - target)) - bar.n)
+        bar.update(min(100.0, 100 * (start - predicted) / max(1e-12, start - target)) - bar.n)
     bar.close()
     plan.keep, plan.predicted = keep, predicted
     return plan
@@ -222,37 +222,59 @@ def plan_for_latency_budget(
     batch_sizes: Iterable[int] = (1,),
     table: str | Path | None = None,
     max_shared_ratio: float = 0.3,
+    retime: bool = False,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> Plan:
-    """Channels per group for a latency budget: ``target`` is a fraction of the original latency
-    (0.5) or milliseconds ("12ms", one batch size only), on this device, at ``batch_sizes`` (with
-    several, the mean of the fractions). Layers are timed into ``table`` (default: this machine's
-    cache) as the search needs them; ``scores`` decide which groups give up channels; residual
-    streams lose at most ``max_shared_ratio`` of their channels."""
+    """Channels per group for a latency budget: ``target`` is a fraction of the original's predicted
+    latency (0.5) or milliseconds ("12ms", one batch size only), on this device, at ``batch_sizes``
+    (with several, the mean of the fractions). Layers are timed into ``table`` (default: this
+    machine's cache; ``retime``: time again what this run uses) as the search needs them; ``scores``
+    decide which groups give up channels; residual streams lose at most ``max_shared_ratio``."""
     batch_sizes = list(dict.fromkeys(int(b) for b in batch_sizes))
     if not batch_sizes or min(batch_sizes) < 1:
         raise ChipPruneError(f"latency batch sizes must be positive integers, got {batch_sizes}")
     kind, value = parse_latency_target(target)
     if kind == "ms" and len(batch_sizes) > 1:
         raise ChipPruneError("a latency target in milliseconds needs exactly one --latency-batch; give a fraction for several")
-    latency_table = LatencyTable(table, device)
+    latency_table = LatencyTable(table, device, retime=retime)
     models = [LatencyModel(model, spec, groups, latency_table, batch_size=b, progress=progress) for b in batch_sizes]
     predictor = models[0] if len(models) == 1 else BlendedLatency(models)
-    goal = value if kind == "ms" else value * predictor.original
-    if kind == "ms" and goal >= predictor.original:
-        raise ChipPruneError(f"--target-latency {target}: the unpruned model already takes {predictor.original:.2f} ms at batch {batch_sizes[0]}")
+    full = {g.name: g.channels for g in groups}
+    start = predictor.predict(full)  # equals the measured original: LatencyModel sees to it
+    goal = value if kind == "ms" else value * start
+    if kind == "ms" and goal >= start:
+        raise ChipPruneError(f"--target-latency {target}: the unpruned model already takes {start:.2f} ms at batch {batch_sizes[0]}")
     try:
         found = plan_for_latency(groups, scores, predictor, goal, max_shared_ratio=max_shared_ratio, progress=progress)
     finally:
         latency_table.save()
+    if found.keep == full:
+        raise ChipPruneError(f"the latency search ended with nothing pruned (predicted {found.predicted:.4g} against the target "
+                             f"{goal:.4g}); this is a fault in the latency table, please report it")
     what = f"{value:g} ms" if kind == "ms" else f"{value:.0%} of the original"
     plan = plan_from_keep(model, spec, groups, {g.name: found.keep[g.name] for g in groups},
                           f"target latency {what} at batch {', '.join(map(str, batch_sizes))}")
-    for b, m in zip(batch_sizes, models):
-        m.refresh(plan.keep)
-        predicted = m.predict(plan.keep)
-        plan.latency[str(b)] = {"original_ms": m.original, "predicted_ms": predicted}
-        plan.notes.append(f"batch {b}: predicted {m.original / predicted:.2f}x faster ({predicted:.2f} of {m.original:.2f} ms at the "
-                          f"latency table's reference speed; {latency_table.measured} layer timings taken, table {latency_table.path})")
+    _confirm_predictions(plan, models, full, latency_table)
     return plan
+
+
+def _confirm_predictions(plan: Plan, models: list[LatencyModel], full: dict[str, int], table: LatencyTable) -> None:
+    """Time the layers of the unpruned model and of the plan once more (the search may have used
+    timings disturbed by the machine's load) and record the predictions. A plan that is then
+    predicted no faster than the original means the timings cannot be trusted: an error that says
+    so, not a plan."""
+    for m in models:
+        m.refresh(full)
+        m.refresh(plan.keep)
+        before, after = m.predict(full), m.predict(plan.keep)
+        if after >= before:
+            raise ChipPruneError(
+                f"latency timings on this machine are unreliable: timed again, the plan is predicted at {after:.2f} ms against "
+                f"{before:.2f} ms for the unpruned model at batch {m.batch_size} (the load on the machine moved while timing). "
+                "Rerun with --retime on a quieter machine, or give a MAC budget (--target-macs) instead"
+            )
+        plan.latency[str(m.batch_size)] = {"original_ms": before, "predicted_ms": after, "measured_original_ms": m.original}
+        plan.notes.append(f"batch {m.batch_size}: predicted {before / after:.2f}x faster ({after:.2f} of {before:.2f} ms at the "
+                          f"latency table's reference speed; {table.measured} layer timings taken, table {table.path})")
+    plan.notes.extend(table.notes)

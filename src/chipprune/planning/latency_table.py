@@ -20,6 +20,7 @@ import itertools
 import os
 import platform
 import re
+import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,13 +90,10 @@ class LayerShape:
 _REFERENCE = LayerShape("conv2d", 32, 32, (16, 16), (3, 3, 1, 1, 1, 1, 1, 1, 1, 0))
 
 
-def time_layer(shape: LayerShape, batch_size: int, device: torch.device | str, min_run_time: float) -> float:
-    """Milliseconds of one call of a layer of ``shape`` on ``batch_size`` inputs (fastest block of runs).
-
-    The fastest block, not the median: on a shared machine the slow blocks measure the neighbours.
-    Inputs rotate through several buffers (up to 64 MiB) so that, as inside a network, a layer does
-    not find its input in the cache.
-    """
+def layer_runner(shape: LayerShape, batch_size: int, device: torch.device | str) -> Callable[[], None]:
+    """One call of a fresh layer of ``shape`` on ``batch_size`` inputs, ready to time. Inputs rotate
+    through several buffers (up to 64 MiB) so that, as inside a network, a layer does not find its
+    input in the cache."""
     layer, x = shape.build(batch_size, device)
     copies = max(1, min(16, (64 * 2**20) // max(1, x.numel() * x.element_size())))
     inputs = itertools.cycle([x] + [torch.randn_like(x) for _ in range(copies - 1)])
@@ -104,6 +102,13 @@ def time_layer(shape: LayerShape, batch_size: int, device: torch.device | str, m
         with torch.inference_mode():
             layer(next(inputs))
 
+    return run
+
+
+def time_layer(shape: LayerShape, batch_size: int, device: torch.device | str, min_run_time: float) -> float:
+    """Milliseconds of one call of a layer of ``shape`` (the fastest block of runs: on a shared machine
+    the slow blocks measure the neighbours)."""
+    run = layer_runner(shape, batch_size, device)
     return timing.time_call(run, batch_size, str(device), min_run_time=min_run_time, warmup=2).min_ms
 
 
@@ -133,12 +138,25 @@ def default_table_path(device: torch.device | str = "cpu") -> Path:
     return root / "latency" / f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}.json"
 
 
+# A table whose reference convolution now takes more than this factor longer or shorter than when the
+# table began was timed under other conditions (another load, clock or power state): its entries are
+# timed again before this run uses them.
+OTHER_CONDITIONS = 1.3
+
+
 class LatencyTable:
-    """Measured milliseconds per layer shape and batch size, on one machine, saved as JSON."""
+    """Measured milliseconds per layer shape and batch size, on one machine, saved as JSON.
+
+    ``retime``: time again every entry this run uses (also done by itself when the machine's speed
+    differs from the table's, see ``check_conditions``).
+    """
 
     def __init__(self, path: str | Path | None = None, device: torch.device | str = "cpu", *, min_run_time: float = 0.05,
-                 timer: Callable[[LayerShape, int], float] | None = None) -> None:
+                 timer: Callable[[LayerShape, int], float] | None = None, retime: bool = False) -> None:
         self.device = torch.device(device)
+        self.stale = retime  # entries from earlier runs are not to be trusted: time again what is used
+        self.fresh: set[str] = set()  # entries timed by this run
+        self.notes: list[str] = []
         self.machine = machine_fingerprint(self.device)
         self.path = Path(path) if path is not None else default_table_path(self.device)
         self.min_run_time = min_run_time
@@ -164,6 +182,28 @@ class LatencyTable:
         write_json(self.path, {"format": TABLE_FORMAT, "machine": self.machine, "entries": dict(sorted(self.entries.items()))})
         self._unsaved = 0
 
+    def check_conditions(self, batch_size: int) -> None:
+        """Compare the machine's speed now with the table's (three timings of the reference
+        convolution, the median); entries timed at another speed are timed again when used."""
+        key = f"{_REFERENCE.key(batch_size)} reference"
+        now = statistics.median(float(self._timer(_REFERENCE, batch_size)) for _ in range(3))
+        recorded = self.entries.get(key)
+        if recorded is None:
+            self.entries[key] = now
+        elif not 1 / OTHER_CONDITIONS <= now / recorded <= OTHER_CONDITIONS and not self.stale:
+            self.stale = True
+            self.notes.append(
+                f"the latency table {self.path} was timed at another speed of this machine (its reference convolution "
+                f"takes {now / recorded:.2f}x its recorded time now): the layers this search uses were timed again"
+            )
+
+    def reference_ms(self, batch_size: int) -> float:
+        """The table's time of its reference convolution at ``batch_size`` (the unit of its entries)."""
+        key = f"{_REFERENCE.key(batch_size)} reference"
+        if key not in self.entries:
+            self.entries[key] = float(self._timer(_REFERENCE, batch_size))
+        return self.entries[key]
+
     def slowdown(self, batch_size: int) -> float:
         """How much slower the machine runs now than when the table began (1.0: as fast).
 
@@ -178,20 +218,19 @@ class LatencyTable:
 
     def get(self, shape: LayerShape, batch_size: int, *, remeasure: bool = False) -> float:
         """Milliseconds for ``shape`` at ``batch_size``: from the table, or measured now and recorded
-        (at the table's reference speed). ``remeasure`` times it again and keeps the faster value."""
+        (at the table's reference speed). ``remeasure`` times it again; of two timings taken by this
+        run the faster is kept, one from an earlier run is replaced."""
         key = shape.key(batch_size)
-        if key not in self.entries or remeasure:
-            slowdown = self.slowdown(batch_size)
-            self.entries[key] = min(float(self._timer(shape, batch_size)) / slowdown, self.entries.get(key, float("inf")))
+        if key not in self.entries or remeasure or (self.stale and key not in self.fresh):
+            now = float(self._timer(shape, batch_size)) / self.slowdown(batch_size)
+            self.entries[key] = min(now, self.entries[key]) if key in self.fresh else now
+            self.fresh.add(key)
             self.measured += 1
             self._unsaved += 1
             if self._unsaved >= 50:  # an interrupted run keeps what it measured
                 self.save()
         return self.entries[key]
 
-    def record(self, key: str, milliseconds: float) -> None:
-        self.entries[key] = float(milliseconds)
-        self._unsaved += 1
 
 
 @dataclass
@@ -202,11 +241,19 @@ class _Coupling:
     group_channels: int
 
 
+# The timed layers may take this much longer than the whole model they belong to before their
+# timings are called disturbed (timed again, then scaled to agree).
+LAYERS_OVER_MODEL = 1.1
+
+
 class LatencyModel:
     """Predicts the latency of ``model`` with ``keep[g]`` channels in each group, on one device and batch size.
 
     prediction = sum of the timed layers at their planned shapes + the rest, where the rest is the
     measured whole model minus its timed layers, scaled by how much output the timed layers produce.
+    The prediction for the unpruned model equals the measured one: when the layers alone take
+    longer (timings from other moments of a busy machine), they are timed again and, if they still
+    disagree, scaled down to agree, with a note.
     """
 
     def __init__(
@@ -237,28 +284,43 @@ class LatencyModel:
                         self._layers_of_group[g.name].append(module)
         self._depthwise = {n for n in self._base if isinstance(modules[n], nn.Conv2d) and modules[n].groups > 1
                            and modules[n].groups == modules[n].in_channels == modules[n].out_channels}
+        self.scale = 1.0  # applied to every layer timing, see _agree_with_the_model
+        if original_ms is None:
+            table.check_conditions(batch_size)
         self._original_ms = original_ms if original_ms is not None else self._measure_original(model)
         full = {name: self.table.get(shape, batch_size) for name, shape in self._progress(self._base.items())}
-        if sum(full.values()) > self._original_ms and original_ms is None:
-            # The layers cannot take longer than the model they are part of: some timing was disturbed
-            # (a shared machine). Time the model and its layers once more, keeping the fastest of each.
-            self._original_ms = self._measure_original(model)
-            full = {name: self.table.get(shape, batch_size, remeasure=True) for name, shape in self._progress(self._base.items())}
+        if sum(full.values()) > LAYERS_OVER_MODEL * self._original_ms and original_ms is None:
+            full = self._agree_with_the_model(model)
         self.table.save()
-        self._rest_ms = max(0.0, self._original_ms - sum(full.values()))
+        self._rest_ms = max(0.0, self._original_ms - self.scale * sum(full.values()))
         self._outputs = sum(s.output_elements() for s in self._base.values())
+
+    def _agree_with_the_model(self, model: nn.Module) -> dict[str, float]:
+        """The layers cannot take longer than the model they are part of: some timings were disturbed
+        (a busy machine). Time the model and its layers once more; if they still disagree, scale the
+        layers so that the prediction for the unpruned model is the measured one."""
+        self._original_ms = self._measure_original(model)
+        full = {name: self.table.get(shape, self.batch_size, remeasure=True) for name, shape in self._progress(self._base.items())}
+        layers = sum(full.values())
+        if layers > LAYERS_OVER_MODEL * self._original_ms:
+            self.scale = self._original_ms / layers
+            self.table.notes.append(
+                f"batch {self.batch_size}: the layers timed alone took {layers / self._original_ms:.2f}x the whole model timed "
+                "against the same reference; their timings were scaled to agree (the machine's load moved while timing: "
+                "predictions are rough; --retime on a quieter machine gives firmer ones)"
+            )
+        return full
 
     def _progress(self, items):
         return tqdm(list(items), desc=f"timing layers (batch {self.batch_size})", disable=not self.progress, leave=False, unit="layer")
 
     def _measure_original(self, model: nn.Module) -> float:
-        # Timed on every use (a second), and kept in the table at its fastest, keyed by architecture and input.
-        arch = hashlib.sha256(str(model).encode()).hexdigest()[:12]
-        key = f"model {self.spec.name} {arch} image={self.spec.image_size} b={self.batch_size}"
-        lat = timing.measure_latency(model, self.spec.image_size, self.batch_size, device=self.table.device, min_run_time=1.0)
-        now = lat.min_ms / self.table.slowdown(self.batch_size)
-        self.table.record(key, min(now, self.table.entries.get(key, float("inf"))))
-        return self.table.entries[key]
+        """The whole model at the table's reference speed: timed against the reference convolution in
+        alternating rounds (the way every latency is measured), as a multiple of the reference's time."""
+        device, b = self.table.device, self.batch_size
+        c = timing.compare_latency(timing.model_runner(model, self.spec.image_size, b, device), layer_runner(_REFERENCE, b, device), b,
+                                   device=device, progress=self.progress, desc=f"timing the model (batch {b})")
+        return c.speedup * self.table.reference_ms(b)
 
     @property
     def original(self) -> float:
@@ -287,7 +349,7 @@ class LatencyModel:
 
     def layer_cost(self, layer: str, keep: Mapping[str, int]) -> float:
         """Milliseconds of one layer at the shape ``keep`` gives it."""
-        return self.table.get(self.shape(layer, keep), self.batch_size)
+        return self.scale * self.table.get(self.shape(layer, keep), self.batch_size)
 
     def refresh(self, keep: Mapping[str, int]) -> None:
         """Time every layer of the plan ``keep`` once more, keeping the faster value of each: the
@@ -299,7 +361,7 @@ class LatencyModel:
     def predict(self, keep: Mapping[str, int]) -> float:
         """Predicted latency (ms) of the model pruned to ``keep``."""
         shapes = [self.shape(name, keep) for name in self._base]
-        timed = sum(self.table.get(s, self.batch_size) for s in shapes)
+        timed = self.scale * sum(self.table.get(s, self.batch_size) for s in shapes)
         outputs = sum(s.output_elements() for s in shapes)
         return timed + self._rest_ms * outputs / max(1, self._outputs)
 

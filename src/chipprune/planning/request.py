@@ -39,6 +39,7 @@ class PlanRequest:
     latency_batch_sizes: tuple[int, ...] = (1,)
     latency_table: str | Path | None = None
     max_shared_ratio: float = 0.3
+    retime: bool = False  # latency budgets: time again every table entry the search uses
 
     def __post_init__(self) -> None:
         if self.round_to < 1:
@@ -71,7 +72,8 @@ def make_plan(
             raise ChipPruneError("a latency budget needs the scores of every group first")
         plan = plan_for_latency_budget(
             model, spec, groups, scores, request.target_latency, batch_sizes=request.latency_batch_sizes,
-            table=request.latency_table, max_shared_ratio=request.max_shared_ratio, device=device, progress=progress,
+            table=request.latency_table, max_shared_ratio=request.max_shared_ratio, retime=request.retime, device=device,
+            progress=progress,
         )
     elif request.target_macs is not None:
         plan = plan_for_macs(model, spec, groups, request.target_macs, request.round_to)

@@ -7,7 +7,9 @@ speed is not proportional to their channels: kernels run in blocks (for example 
 device at the real batch size captures that; the rest (activations, additions, pooling) is the
 measured whole model minus its timed layers, scaled with the timed layers' output size. Every
 timing is expressed at the table's reference speed (see LatencyTable.slowdown), because a shared
-machine's speed drifts by several times between timings a minute apart.
+machine's speed drifts by several times between timings a minute apart; each layer is therefore
+timed against a reference convolution in alternating rounds (the one timing method of
+``evaluation.latency``), and its entry is that ratio times the reference's recorded time.
 
 Tables live in ``~/.cache/chipprune/latency/`` (or ``$CHIPPRUNE_CACHE_DIR``), one JSON file per
 machine (CPU model, threads, torch version; or GPU name), and are written atomically as they grow.
@@ -160,7 +162,9 @@ class LatencyTable:
         self.machine = machine_fingerprint(self.device)
         self.path = Path(path) if path is not None else default_table_path(self.device)
         self.min_run_time = min_run_time
-        self._timer = timer or (lambda shape, batch: time_layer(shape, batch, self.device, self.min_run_time))
+        # An injected timer gives milliseconds at the machine's present speed (normalised by timings of
+        # the reference convolution, see slowdown); the real one times each layer against the reference.
+        self._timer = timer
         self.entries: dict[str, float] = {}
         self.measured = 0  # entries measured by this process (the rest came from the cache)
         self._unsaved = 0
@@ -182,11 +186,25 @@ class LatencyTable:
         write_json(self.path, {"format": TABLE_FORMAT, "machine": self.machine, "entries": dict(sorted(self.entries.items()))})
         self._unsaved = 0
 
+    def _absolute_ms(self, shape: LayerShape, batch_size: int) -> float:
+        return float(self._timer(shape, batch_size)) if self._timer else time_layer(shape, batch_size, self.device, self.min_run_time)
+
+    def _timed_ms(self, shape: LayerShape, batch_size: int) -> float:
+        """Milliseconds of ``shape`` at the table's reference speed. On a busy machine (and, with
+        several threads, on small layers on an idle VM) single timings of one layer swing several
+        times; the layer and the reference convolution timed in alternating short rounds give a ratio
+        that swings far less (measured: 1.2-1.6x against 7-8x for the fastest block of one timing)."""
+        if self._timer:
+            return float(self._timer(shape, batch_size)) / self.slowdown(batch_size)
+        ratio = timing.compare_latency(layer_runner(shape, batch_size, self.device), layer_runner(_REFERENCE, batch_size, self.device),
+                                       batch_size, device=self.device, block_seconds=0.005, min_rounds=5, max_seconds=0.0)
+        return ratio.speedup * self.reference_ms(batch_size)
+
     def check_conditions(self, batch_size: int) -> None:
         """Compare the machine's speed now with the table's (three timings of the reference
         convolution, the median); entries timed at another speed are timed again when used."""
         key = f"{_REFERENCE.key(batch_size)} reference"
-        now = statistics.median(float(self._timer(_REFERENCE, batch_size)) for _ in range(3))
+        now = statistics.median(self._absolute_ms(_REFERENCE, batch_size) for _ in range(3))
         recorded = self.entries.get(key)
         if recorded is None:
             self.entries[key] = now
@@ -201,17 +219,14 @@ class LatencyTable:
         """The table's time of its reference convolution at ``batch_size`` (the unit of its entries)."""
         key = f"{_REFERENCE.key(batch_size)} reference"
         if key not in self.entries:
-            self.entries[key] = float(self._timer(_REFERENCE, batch_size))
+            self.entries[key] = statistics.median(self._absolute_ms(_REFERENCE, batch_size) for _ in range(3))
         return self.entries[key]
 
     def slowdown(self, batch_size: int) -> float:
-        """How much slower the machine runs now than when the table began (1.0: as fast).
-
-        A shared machine's speed drifts by several times over minutes (neighbours, CPU steal). Every
-        timing is divided by the slowdown measured on a fixed reference layer just before it, so
-        entries timed at different moments stay comparable.
-        """
-        now = float(self._timer(_REFERENCE, batch_size))
+        """How much slower the machine runs now than when the table began (1.0: as fast), from one
+        timing of the reference convolution. Divides the timings of an injected timer; the real
+        timing measures each layer against the reference directly (see _timed_ms)."""
+        now = self._absolute_ms(_REFERENCE, batch_size)
         key = f"{_REFERENCE.key(batch_size)} reference"
         self.entries.setdefault(key, now)
         return now / self.entries[key]
@@ -222,7 +237,7 @@ class LatencyTable:
         run the faster is kept, one from an earlier run is replaced."""
         key = shape.key(batch_size)
         if key not in self.entries or remeasure or (self.stale and key not in self.fresh):
-            now = float(self._timer(shape, batch_size)) / self.slowdown(batch_size)
+            now = self._timed_ms(shape, batch_size)
             self.entries[key] = min(now, self.entries[key]) if key in self.fresh else now
             self.fresh.add(key)
             self.measured += 1

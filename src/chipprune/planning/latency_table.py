@@ -190,10 +190,10 @@ class LatencyTable:
         return float(self._timer(shape, batch_size)) if self._timer else time_layer(shape, batch_size, self.device, self.min_run_time)
 
     def _timed_ms(self, shape: LayerShape, batch_size: int) -> float:
-        """Milliseconds of ``shape`` at the table's reference speed. On a busy machine (and, with
-        several threads, on small layers on an idle VM) single timings of one layer swing several
-        times; the layer and the reference convolution timed in alternating short rounds give a ratio
-        that swings far less (measured: 1.2-1.6x against 7-8x for the fastest block of one timing)."""
+        """Milliseconds of ``shape`` at the table's reference speed. Single timings of one small layer
+        swing between repeats (several times on a busy machine); the layer and the reference
+        convolution timed in alternating short rounds give a ratio that swings far less
+        (bench/layer_timing_noise.py: 1.09-1.10x against 1.19-1.72x for the fastest block, idle)."""
         if self._timer:
             return float(self._timer(shape, batch_size)) / self.slowdown(batch_size)
         ratio = timing.compare_latency(layer_runner(shape, batch_size, self.device), layer_runner(_REFERENCE, batch_size, self.device),

@@ -119,6 +119,18 @@ def test_layers_slower_than_their_model_are_timed_again_then_scaled_to_agree(tmp
     assert "scaled to agree" in table.notes[0]
 
 
+def test_the_untimed_rest_is_fitted_through_the_model_and_a_half_width_copy(tmp_path, monkeypatch):
+    model, spec = chipprune.load_model("cifar_resnet20", None)
+    _, groups, _ = prunable_groups(model, spec)
+    # The whole model takes 10 ms, the half-width copy 7 ms; each layer alone 0.01 ms.
+    monkeypatch.setattr(LatencyModel, "_measure_original", lambda self, m, what="the model": 10.0 if what == "the model" else 7.0)
+    lm = LatencyModel(model, spec, groups, LatencyTable(tmp_path / "t.json", timer=lambda shape, batch: 0.01), progress=False)
+    full = {g.name: g.channels for g in groups}
+    half = {g.name: g.channels // 2 for g in groups}
+    assert lm.predict(full) == pytest.approx(10.0) and lm.predict(half) == pytest.approx(7.0)  # through both measured points
+    assert lm._rest_fixed > 0 and lm._rest_per_output > 0  # part of the rest shrinks with the outputs, part does not
+
+
 def test_a_plan_predicted_no_faster_after_re_timing_is_called_unreliable_timing(tmp_path):
     from chipprune.planning.latency_search import _confirm_predictions
     from chipprune.planning.plan import Plan

@@ -16,7 +16,7 @@ from ..runtime import device_of
 from ..surgery.apply import prune_group, select_top
 from ..surgery.groups import ChannelGroup, build_graph, example_input
 
-__all__ = ["Plan", "size_after", "channels_to_keep", "keep_counts", "plan_from_keep"]
+__all__ = ["Plan", "pruned_copy", "size_after", "channels_to_keep", "keep_counts", "plan_from_keep"]
 
 
 @dataclass
@@ -35,15 +35,22 @@ class Plan:
     ignored: tuple[str, ...] = ()  # layers that keep their output channels (the groups were traced without them)
 
 
-def size_after(model: nn.Module, spec: ModelSpec, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> tuple[int, int]:
-    """Params and MACs of ``model`` with ``keep[g]`` channels per group (any channels: sizes do not
-    depend on which). Works on a copy; the model is untouched."""
+def pruned_copy(model: nn.Module, spec: ModelSpec, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> nn.Module:
+    """A copy of ``model`` with ``keep[g]`` channels per group (the first ones: for sizes and speed,
+    which channels does not matter). The model is untouched."""
     trial = copy.deepcopy(model).eval()
     dg = build_graph(trial, example_input(spec, device_of(trial)), spec.custom_pruners)
     for g in groups:
         if keep.get(g.name, g.channels) < g.channels:
             _, remove = select_top(torch.zeros(g.channels), keep[g.name], g.channel_groups)
             prune_group(dg, trial, g.name, remove)
+    return trial
+
+
+def size_after(model: nn.Module, spec: ModelSpec, groups: Sequence[ChannelGroup], keep: Mapping[str, int]) -> tuple[int, int]:
+    """Params and MACs of ``model`` with ``keep[g]`` channels per group (any channels: sizes do not
+    depend on which)."""
+    trial = pruned_copy(model, spec, groups, keep)
     return count_params(trial), count_macs(trial, spec.image_size)
 
 

@@ -1,7 +1,9 @@
 """Latency features on a quiet and on a busy machine, in one run.
 
 1. Quiet: `chipprune prune --model cifar_resnet56 --target-latency 0.65` with a fresh latency table,
-   then the pruned model against the original, timed the way `eval --latency` times (batch 1, 64).
+   once with the defaults (residual streams lose at most 30%) and once with `--max-shared-ratio 0.5`,
+   then the pruned model against the original, timed the way `eval --latency` times (batch 1, 64);
+   and the same budget blended over batch 1 and 64 (`--latency-batch 1 64`), for batch serving.
 2. Busy: the same beside one CPU-bound process per core that this bench starts (a fresh table
    again), and the same timing, still busy.
 3. Quiet again: the busy run's plan timed once more, to compare with the quiet plan.
@@ -32,10 +34,10 @@ from chipprune.io.atomic import write_json
 from chipprune.reporting.console import speedup_text
 
 
-def prune(out: Path, table: Path, target: str) -> dict:
+def prune(out: Path, table: Path, target: str, *options: str) -> dict:
     """Run the CLI; its exit status, the last lines it printed, and the report when it succeeded."""
     args = [sys.executable, "-m", "chipprune", "prune", "--model", "cifar_resnet56", "--target-latency", target,
-            "--latency-table", str(table), "--out", str(out), "--no-eval", "--quiet"]
+            "--latency-table", str(table), "--out", str(out), "--no-eval", "--quiet", *options]
     started = time.perf_counter()
     proc = subprocess.run(args, capture_output=True, text=True)
     result = {"exit": proc.returncode, "seconds": round(time.perf_counter() - started, 1),
@@ -79,6 +81,7 @@ def row(label: str, run: dict, times: dict[str, Comparison] | None, base_macs: i
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="0.65")
+    parser.add_argument("--max-shared-ratio", default="0.5", help="for the compared runs (the default 0.3 is tried once, quietly)")
     parser.add_argument("--out", default=None, help="JSON of every figure")
     parser.add_argument("--skip-busy", action="store_true", help="the quiet run only (a quick look; the checks need both)")
     args = parser.parse_args()
@@ -86,23 +89,29 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="latency-noise-"))
     runs, times, failures = {}, {}, []
 
-    runs["quiet"] = prune(work / "quiet", work / "quiet-table.json", args.target)
-    if runs["quiet"]["exit"] == 0:
-        times["quiet"] = timed(work / "quiet", [1, 64])
+    shared = ("--max-shared-ratio", args.max_shared_ratio)
+    runs["quiet, defaults"] = prune(work / "defaults", work / "defaults-table.json", args.target)
+    runs["quiet"] = prune(work / "quiet", work / "quiet-table.json", args.target, *shared)
+    runs["quiet, batch 1+64"] = prune(work / "blended", work / "quiet-table.json", args.target, *shared, "--latency-batch", "1", "64")
+    for key, folder in (("quiet", "quiet"), ("quiet, batch 1+64", "blended")):
+        if runs[key]["exit"] == 0:
+            times[key] = timed(work / folder, [1, 64])
     if args.skip_busy:
-        print(row("quiet", runs["quiet"], times.get("quiet"), base_macs, runs["quiet"].get("report", {}).get("macs_after")))
+        for key in runs:
+            print(row(key, runs[key], times.get(key), base_macs, runs[key].get("report", {}).get("macs_after")))
         return 0
     with Neighbours():
-        runs["busy"] = prune(work / "busy", work / "busy-table.json", args.target)
+        runs["busy"] = prune(work / "busy", work / "busy-table.json", args.target, *shared)
         if runs["busy"]["exit"] == 0:
             times["busy"] = timed(work / "busy", [1, 64])
     if runs["busy"]["exit"] == 0:
         times["busy plan, quiet"] = timed(work / "busy", [1, 64])
 
     macs = {k: r["report"]["macs_after"] for k, r in runs.items() if r["exit"] == 0}
-    print(f"{os.cpu_count()} cores; cifar_resnet56 --target-latency {args.target}; timings: medians of alternating rounds, 95% intervals\n")
-    print(row("quiet", runs["quiet"], times.get("quiet"), base_macs, macs.get("quiet")))
-    print(row("busy", runs["busy"], times.get("busy"), base_macs, macs.get("busy")))
+    print(f"{os.cpu_count()} cores; cifar_resnet56 --target-latency {args.target} --max-shared-ratio {args.max_shared_ratio} "
+          "(except 'defaults'); timings: medians of alternating rounds, 95% intervals\n")
+    for key in ("quiet, defaults", "quiet", "quiet, batch 1+64", "busy"):
+        print(row(key, runs[key], times.get(key), base_macs, macs.get(key)))
     if "busy plan, quiet" in times:
         print(row("busy plan, timed quiet", runs["busy"], times["busy plan, quiet"], base_macs, macs["busy"]))
     for key, text in (("quiet", "quiet"), ("busy", "busy")):

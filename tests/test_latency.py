@@ -131,6 +131,51 @@ def test_the_untimed_rest_is_fitted_through_the_model_and_a_half_width_copy(tmp_
     assert lm._rest_fixed > 0 and lm._rest_per_output > 0  # part of the rest shrinks with the outputs, part does not
 
 
+def test_a_half_width_copy_that_runs_no_faster_stops_the_search_naming_the_timing(tmp_path, monkeypatch):
+    # On a swamped machine every call takes a scheduler's slice, whatever its size.
+    model, spec = chipprune.load_model("cifar_resnet20", None)
+    _, groups, _ = prunable_groups(model, spec)
+    monkeypatch.setattr(LatencyModel, "_measure_original", lambda self, m, what="the model": 10.0)
+    with pytest.raises(ChipPruneError, match="latency timings: a copy of the model with every group at half width ran no faster"):
+        LatencyModel(model, spec, groups, LatencyTable(tmp_path / "t.json", timer=CountingTimer()), progress=False)
+
+
+def test_the_search_goes_on_when_the_re_timed_plan_misses_the_budget(tmp_path, monkeypatch):
+    from chipprune.planning.latency_search import plan_for_latency_budget
+
+    model, spec = chipprune.load_model("cifar_resnet20", None)
+    _, groups, _ = prunable_groups(model, spec)
+    scores = {g.name: GroupScores(g.name, torch.rand(g.channels, dtype=torch.float64, generator=torch.Generator().manual_seed(0)),
+                                  ["m"], 8, 1.0) for g in groups}
+    original = {"ms": None}
+
+    def measured(self, m, what="the model"):  # the layers' sum plus 40% fixed costs; the half-width copy a bit faster
+        layers = sum(self.table.get(s, 1) for s in _layer_shapes(m, spec).values())
+        original["ms"] = original["ms"] or layers * 1.4
+        return original["ms"] if what == "the model" else 0.5 * original["ms"]
+
+    class Settling(CountingTimer):  # timed again, every layer runs 20% faster (the machine settled)
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def __call__(self, shape, batch):
+            again = shape in self.seen
+            self.seen.add(shape)
+            return super().__call__(shape, batch) * (0.8 if again else 1.0)
+
+    monkeypatch.setattr(LatencyModel, "_measure_original", measured)
+    real_init, settling = LatencyTable.__init__, Settling()
+    monkeypatch.setattr(LatencyTable, "__init__", lambda self, *a, **k: real_init(self, *a, **{**k, "timer": settling}))
+    searches = []
+    real = chipprune.planning.latency_search.plan_for_latency
+    monkeypatch.setattr(chipprune.planning.latency_search, "plan_for_latency", lambda *a, **k: searches.append(k) or real(*a, **k))
+    plan = plan_for_latency_budget(model, spec, groups, scores, "0.7", table=tmp_path / "t.json", progress=False)
+    assert len(searches) >= 2 and searches[1]["start_keep"] is not None  # the first plan missed the budget once re-timed
+    timed = plan.latency["1"]
+    assert timed["predicted_ms"] <= 0.7 * timed["original_ms"] * 1.0001
+
+
 def test_a_plan_predicted_no_faster_after_re_timing_is_called_unreliable_timing(tmp_path):
     from chipprune.planning.latency_search import _confirm_predictions
     from chipprune.planning.plan import Plan
@@ -349,7 +394,7 @@ def _latency_budget_from_the_cli(tmp_path, capsys, model_args, budget, name):
         (["--target-latency", "soon"], "fraction like 0.5 or milliseconds"),
         (["--target-latency", "5ms", "--latency-batch", "1", "64"], "exactly one --latency-batch"),
         (["--target-latency", "0.5", "--sparsity", "0.3"], "without --sparsity"),
-        (["--target-latency", "0.5", "--latency-batch", "0"], "positive integers"),
+        (["--target-latency", "0.5", "--latency-batch", "0"], "argument --latency-batch: must be at least 1, got 0"),
     ],
 )
 def test_latency_budget_bad_input(extra, message, tmp_path, capsys):

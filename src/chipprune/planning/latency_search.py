@@ -142,6 +142,7 @@ def plan_for_latency(
     max_shared_ratio: float = 0.3,
     window: int = 4,
     progress: bool = False,
+    start_keep: Mapping[str, int] | None = None,
 ) -> LatencyPlan:
     """Channels per group so that ``predictor`` says at most ``target`` (its unit), at little accuracy cost.
 
@@ -150,6 +151,7 @@ def plan_for_latency(
     concatenated features): their channels carry every block's output, and cutting them hard cost
     most of the accuracy in our measurements (docs/LATENCY.md). ``window``: how many
     smaller grid widths a single move may jump (lets the search cross widths that save nothing).
+    ``start_keep``: go on from these widths (a plan whose layers were timed again) instead of the full model.
     """
     if not (0 < max_ratio < 1 and 0 < max_shared_ratio < 1):
         raise ChipPruneError(f"max_ratio and max_shared_ratio must be in (0, 1), got {max_ratio}, {max_shared_ratio}")
@@ -157,8 +159,12 @@ def plan_for_latency(
     keep = {g.name: g.channels for g in groups}
     widths = {g.name: candidate_widths(g, max_shared_ratio if len(scores[g.name].maps) > 1 else max_ratio) for g in prunable}
     mass = {g.name: removal_mass(g, scores[g.name]) for g in prunable}
-    predicted = start = predictor.predict(keep)  # the unpruned model: the unit of fractions below
-    plan = LatencyPlan(dict(keep), predicted, start, target, 0.0)
+    start = predictor.predict(keep)  # the unpruned model: the unit of fractions below
+    plan = LatencyPlan(dict(keep), start, start, target, 0.0)
+    if start_keep is not None:
+        keep.update(start_keep)
+        plan.cost = sum(mass[g.name][keep[g.name]] - mass[g.name][g.channels] for g in prunable if keep[g.name] in mass[g.name])
+    predicted = predictor.predict(keep)
     # Progress is the way from the original latency down to the target; layers are timed on the way.
     bar = tqdm(total=100, desc="latency plan", unit="%", disable=not progress, leave=False, bar_format="{desc}: {bar}| {n:.0f}% [{elapsed}]")
     while predicted > target:
@@ -181,6 +187,9 @@ def plan_for_latency(
     bar.close()
     plan.keep, plan.predicted = keep, predicted
     return plan
+
+
+RETIMED_SEARCHES = 3  # searches at most, each followed by timing the plan's layers again
 
 
 def _best_move(groups, keep, widths, mass, predictor, window):
@@ -245,8 +254,20 @@ def plan_for_latency_budget(
     goal = value if kind == "ms" else value * start
     if kind == "ms" and goal >= start:
         raise ChipPruneError(f"--target-latency {target}: the unpruned model already takes {start:.2f} ms at batch {batch_sizes[0]}")
+    found = None
     try:
-        found = plan_for_latency(groups, scores, predictor, goal, max_shared_ratio=max_shared_ratio, progress=progress)
+        # The search meets the budget by the timings it took on the way; the original's and the plan's
+        # layers are then timed again (the faster value kept), and if the plan no longer meets the
+        # budget the search goes on from it.
+        for _ in range(RETIMED_SEARCHES):
+            found = plan_for_latency(groups, scores, predictor, goal, max_shared_ratio=max_shared_ratio, progress=progress,
+                                     start_keep=found.keep if found else None)
+            for m in models:
+                m.refresh(full)
+                m.refresh(found.keep)
+            goal = value if kind == "ms" else value * predictor.predict(full)
+            if predictor.predict(found.keep) <= goal:
+                break
     finally:
         latency_table.save()
     if found.keep == full:
@@ -260,13 +281,10 @@ def plan_for_latency_budget(
 
 
 def _confirm_predictions(plan: Plan, models: list[LatencyModel], full: dict[str, int], table: LatencyTable) -> None:
-    """Time the layers of the unpruned model and of the plan once more (the search may have used
-    timings disturbed by the machine's load) and record the predictions. A plan that is then
-    predicted no faster than the original means the timings cannot be trusted: an error that says
-    so, not a plan."""
+    """Record the predictions for the original and the plan (both timed again after the search). A
+    plan then predicted no faster than the original means the timings cannot be trusted: an error
+    that says so, not a plan."""
     for m in models:
-        m.refresh(full)
-        m.refresh(plan.keep)
         before, after = m.predict(full), m.predict(plan.keep)
         if after >= before:
             raise ChipPruneError(

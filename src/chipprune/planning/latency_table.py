@@ -260,6 +260,9 @@ class _Coupling:
 # The timed layers may take this much longer than the whole model they belong to before their
 # timings are called disturbed (timed again, then scaled to agree).
 LAYERS_OVER_MODEL = 1.1
+# A copy with half the channels in every group (a quarter of most MACs) that runs at more than this
+# fraction of the model's time: the timings say nothing about widths (load, or per-call costs only).
+HALF_WIDTH_NO_FASTER = 0.95
 
 
 class LatencyModel:
@@ -324,7 +327,15 @@ class LatencyModel:
                 else max(1, g.channels // 2) for g in groups}
         probe = pruned_copy(model, self.spec, groups, half)
         layers = self.scale * sum(self.table.get(self.shape(n, half), self.batch_size) for n in self._progress(self._base))
-        rest_half = max(0.0, self._measure_original(probe, "a half-width copy") - layers)
+        half_ms = self._measure_original(probe, "a half-width copy")
+        if half_ms >= HALF_WIDTH_NO_FASTER * self._original_ms:
+            raise ChipPruneError(
+                f"latency timings: a copy of the model with every group at half width ran no faster than the model "
+                f"({half_ms:.2f} against {self._original_ms:.2f} ms at batch {self.batch_size}), so no pruning can be timed to a budget. "
+                "Either other work on this machine swamps the timings (rerun on a quieter machine) or at this batch size the "
+                "time does not depend on the widths (per-call costs); give --target-macs instead"
+            )
+        rest_half = max(0.0, half_ms - layers)
         outputs_half = sum(self.shape(n, half).output_elements() for n in self._base)
         if outputs_half < self._outputs:
             per_output = max(0.0, (rest - rest_half) / (self._outputs - outputs_half))

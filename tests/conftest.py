@@ -67,3 +67,13 @@ def prune_with_plan(model, spec, request, batches=None, criterion="chip"):
 
     plan = make_plan(model, spec, prunable_groups(model, spec, list(request.ignored))[1], request)
     return plan, prune_to_plan(model, spec, plan, batches=batches, criterion=criterion, progress=False)
+
+
+def run_cli(argv: list[str]) -> int:
+    """The CLI's exit status for ``argv``, in this process (argparse's errors exit through SystemExit)."""
+    from chipprune.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)

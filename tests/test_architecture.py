@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "chipprune"
 # Each module may import modules of its own rank or lower, never higher. A module is ranked by the
 # longest prefix of its dotted name listed here.
 ORDER = [
-    ["_version", "errors", "runtime", "io.atomic", "io.weights"],
+    ["_version", "errors", "runtime", "io.atomic", "io.folder", "io.weights"],
     ["models"],
     ["surgery"],
     ["evaluation"],
@@ -23,7 +23,7 @@ ORDER = [
     ["io.pruned", "io.onnx"],
     ["pipeline", "training"],
     ["pilot"],
-    ["cli", "__main__", "__init__"],
+    ["cli", "cli_types", "__main__", "__init__"],
 ]
 RANK = {name: rank for rank, names in enumerate(ORDER) for name in names}
 

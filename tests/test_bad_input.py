@@ -14,10 +14,50 @@ from chipprune import ChipPruneError, PlanRequest, get_model_spec, load_model
 from chipprune.cli import main
 from chipprune.planning import make_plan, parse_sparsity
 from chipprune.surgery import prunable_groups
-from conftest import EvilPickle
+from conftest import EvilPickle, run_cli
 
 
-def _files(tmp):
+@pytest.fixture(scope="module")
+def two_pruned_folders(tmp_path_factory):
+    """Two pruned ResNet-20 folders from different runs (different seeds), made once."""
+    from chipprune import Calibration, prune, save_pruned
+
+    root = tmp_path_factory.mktemp("pruned")
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        model, spec = load_model("cifar_resnet20", "none")
+        save_pruned(prune(model, spec, "0.5", criterion="random", evaluate_on=False, recalibrate_bn=False, progress=False,
+                          calibration=Calibration(images=8, batch_size=8, seed=seed)), root / name)
+    return root
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` x ``height`` pixels (PIL reads only the header on open)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+def _folders_from_two_runs(tmp, sources):
+    import shutil
+
+    shutil.copytree(sources / "a", tmp / "pruned")
+    shutil.copytree(sources / "a", tmp / "mixed")
+    shutil.copy(sources / "b" / "model.safetensors", tmp / "mixed" / "model.safetensors")  # another run's weights
+    shutil.copytree(sources / "a", tmp / "edited")
+    record = json.loads((tmp / "edited" / "pruning.json").read_text())
+    group = next(g for g in record["groups"] if g["removed"])
+    kept = sorted(set(range(group["channels_before"])) - set(group["removed"]))
+    group["removed"] = sorted(group["removed"][1:] + kept[:1])  # other channels, the same count
+    (tmp / "edited" / "pruning.json").write_text(json.dumps(record))
+
+
+def _files(tmp, sources=None):
     """Broken inputs a user might hand us, made once per test."""
     (tmp / "truncated.pt").write_bytes(b"PK\x03\x04\x14\x00")
     (tmp / "garbage.safetensors").write_bytes(b"\xff" * 64)
@@ -40,6 +80,20 @@ def _files(tmp):
     for split in ("train", "test"):
         (grey / split / "a").mkdir(parents=True)
         Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(grey / split / "a" / "0.png")
+    for split, classes in (("train", "a"), ("test", "ab")):  # test/ has a class train/ lacks
+        for c in classes:
+            (tmp / "missing_class" / split / c).mkdir(parents=True)
+            Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(tmp / "missing_class" / split / c / "0.png")
+    for split in ("train", "test"):
+        (tmp / "bomb" / split / "a").mkdir(parents=True)
+        (tmp / "bomb" / split / "a" / "0.png").write_bytes(_png_claiming(40000, 40000))
+    state = load_model("cifar_resnet20", "none")[0].state_dict()
+    state["conv1.weight"][0, 0, 0, 0] = float("inf")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / "inf.safetensors"))
+    if sources is not None:
+        _folders_from_two_runs(tmp, sources)
     return tmp
 
 
@@ -77,15 +131,15 @@ CASES = [
       "--out", "{tmp}/text.pth/s.safetensors"], "cannot write"),
     (["prune", "--model", "cifar_resnet20"], "no weights ship with 'cifar_resnet20'"),
     (["train", "--model", "cifar_resnet20", "--weights", "bundled"], "no weights ship with 'cifar_resnet20'"),  # not random ones
-    (["prune", "--image-size", "0"], "image size must be a positive number of pixels"),
-    (["prune", "--num-classes", "-1"], "number of classes must be at least 1"),
-    (["pilot", "--confidence", "1.5", "--out", "{tmp}/pilot"], "confidence must lie in (0, 1)"),
+    (["prune", "--image-size", "0"], "argument --image-size: must be at least 16, got 0"),
+    (["prune", "--num-classes", "-1"], "argument --num-classes: must be at least 1, got -1"),
+    (["pilot", "--confidence", "1.5", "--out", "{tmp}/pilot"], "argument --confidence: must be a number in (0, 1), got 1.5"),
     # data
     (["prune", "--data", "{tmp}/nowhere"], "data path not found"),
     (["prune", "--data", "{tmp}/empty"], "neither a CIFAR-10 root"),
     (["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", "{tmp}/badimages"], "cannot read image"),
     (["prune", "--calib-images", "1000", "--require-calib-images"], "1000 calibration images asked for"),
-    (["prune", "--calib-images", "0"], "must be positive"),
+    (["prune", "--calib-images", "0"], "argument --calib-images: must be at least 1, got 0"),
     (["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", "{tmp}/eleven",
       "--calib-images", "4", "--batch-size", "4"], "class label 10, but the model predicts 10 classes (0-9)"),
     # other commands
@@ -93,17 +147,67 @@ CASES = [
     (["eval", "{tmp}/nowhere"], "no such folder"),
     (["finetune", "{tmp}/empty"], "file not found"),
     (["prune", "--device", "cuda"] if not torch.cuda.is_available() else ["prune", "--model", "x"], "cuda" if not torch.cuda.is_available() else "unknown"),
+    # numbers: range-checked when parsed, before any work
+    (["finetune", "{tmp}/empty", "--epochs", "-1"], "argument --epochs: must be at least 1, got -1"),
+    (["finetune", "{tmp}/empty", "--val-fraction", "-0.5"], "argument --val-fraction: must be a number in [0, 1), got -0.5"),
+    (["finetune", "{tmp}/empty", "--limit-train-images", "-500"], "argument --limit-train-images: must be at least 1"),
+    (["finetune", "{tmp}/empty", "--checkpoint-every", "-1"], "argument --checkpoint-every: must be at least 0"),
+    (["finetune", "{tmp}/empty", "--train-batch-size", "0"], "argument --train-batch-size: must be at least 1"),
+    (["finetune", "{tmp}/empty", "--label-smoothing", "2"], "argument --label-smoothing: must be a number in [0, 1)"),
+    (["finetune", "{tmp}/empty", "--momentum", "-1"], "argument --momentum: must be a number in [0, 1)"),
+    (["finetune", "{tmp}/empty", "--lr", "-1"], "argument --lr: must be a number in (0, inf)"),
+    (["finetune", "{tmp}/empty", "--lr", "nan"], "argument --lr: must be a number in (0, inf), got nan"),
+    (["finetune", "{tmp}/empty", "--weight-decay", "inf"], "argument --weight-decay: must be a number in [0, inf), got inf"),
+    (["finetune", "{tmp}/empty", "--warmup-epochs", "-2"], "argument --warmup-epochs"),
+    (["finetune", "{tmp}/empty", "--epochs", "two"], "argument --epochs: expected a whole number, got 'two'"),
+    (["train", "--lr", "1e400"], "argument --lr: must be a number in (0, inf), got 1e400"),
+    (["eval", "{tmp}/empty", "--batch-sizes", "0"], "argument --batch-sizes: must be at least 1, got 0"),
+    (["prune", "--round-to", "0"], "argument --round-to: must be at least 1"),
+    (["prune", "--target-macs", "0"], "argument --target-macs: must be a number in (0, inf)"),
+    (["prune", "--target-macs", "nan"], "argument --target-macs"),
+    (["prune", "--max-shared-ratio", "1"], "argument --max-shared-ratio: must be a number in (0, 1)"),
+    (["prune", "--latency-batch", "0"], "argument --latency-batch: must be at least 1"),
+    (["prune", "--target-latency", "1.5"], "argument --target-latency: give a fraction in (0, 1)"),
+    (["prune", "--target-latency", "fast"], "argument --target-latency: --target-latency must be a fraction"),
+    (["prune", "--batch-size", "-3"], "argument --batch-size: must be at least 1"),
+    (["prune", "--seed", "-1"], "argument --seed: must be at least 0"),
+    (["pilot", "--levels", "0.5", "1.2"], "argument --levels: must be a number in (0, 1), got 1.2"),
+    (["pilot", "--max-drop", "-1"], "argument --max-drop"),
+    (["pilot", "--finetune-epochs", "-1"], "argument --finetune-epochs: must be at least 0"),
+    (["pilot", "--throughput-batch", "0"], "argument --throughput-batch: must be at least 1"),
+    (["pilot", "--sensitivity-ratios", "0"], "argument --sensitivity-ratios: must be a number in (0, 1)"),
+    # outputs: checked before any work
+    (["prune", "--out", "{tmp}/text.pth"], "cannot write --out {tmp}/text.pth: it is a file"),
+    (["prune", "--out", "{tmp}/eleven"], "already holds results; --overwrite replaces it as a whole"),
+    (["prune", "--out", "{tmp}/text.pth/out"], "is a file, so nothing can be written under it"),
+    (["finetune", "{tmp}/pruned", "--out", "{tmp}/eleven"], "already holds results"),
+    (["score", "--out", "{tmp}/s.json"], "must end in .safetensors"),
+    (["export", "{tmp}/pruned", "--out", "{tmp}/eleven"], "cannot write --out {tmp}/eleven: it is a folder"),
+    (["pilot", "--out", "{tmp}/text.pth"], "it is a file"),
+    # folders from other runs
+    (["eval", "{tmp}/mixed"], "is not the weights file"),
+    (["eval", "{tmp}/edited"], "was changed after it was written"),
+    (["finetune", "{tmp}/mixed"], "is not the weights file"),
+    # data
+    (["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", "{tmp}/missing_class"],
+     "hold different classes (only in train: -; only in test: b)"),
+    (["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", "{tmp}/bomb",
+      "--calib-images", "2", "--batch-size", "2"], "refusing image"),
+    (["prune", "--model", "cifar_resnet20", "--weights", "{tmp}/inf.safetensors"], "hold infinite or NaN values"),
+    (["prune", "--sparsity", "{tmp}/badplan.yaml"], "at line 2, column 1"),
 ]
 
 
 @pytest.mark.parametrize("args, message", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
-def test_bad_input_row(args, message, tmp_path, capsys, monkeypatch):
-    tmp = _files(tmp_path)
+def test_bad_input_row(args, message, tmp_path, capsys, monkeypatch, two_pruned_folders):
+    tmp = _files(tmp_path, two_pruned_folders)
     monkeypatch.chdir(tmp)  # so mymod.py imports, and nothing lands in the repository
-    code = main([a.replace("{tmp}", str(tmp)) for a in args] + (["--quiet"] if args[0] != "eval" else []))
+    code = run_cli([a.replace("{tmp}", str(tmp)) for a in args] + (["--quiet"] if args[0] not in ("eval", "export") else []))
     err = capsys.readouterr().err
     assert code == 2, err
-    assert message in err and "Traceback" not in err
+    assert message.replace("{tmp}", str(tmp)) in err and "Traceback" not in err
+    errors = [line for line in err.strip().splitlines() if ": warning: " not in line]
+    assert len(errors) == 1, err  # one line: the cause and the remedy
     assert not (tmp / "pwned").exists()
 
 
@@ -126,7 +230,7 @@ def test_pruned_folder_whose_weights_disagree_with_its_description(tmp_path):
     record = json.loads((tmp_path / "pruning.json").read_text())
     record["groups"][1]["removed"] = record["groups"][1]["removed"][:-1]  # one channel fewer removed than saved
     (tmp_path / "pruning.json").write_text(json.dumps(record))
-    with pytest.raises(ChipPruneError, match=r"layer1.0.conv1.weight: file \(8, 8, 3, 3\) vs model \(9.*do not belong together"):
+    with pytest.raises(ChipPruneError, match=r"pruning.json was changed after it was written"):
         load_pruned(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(ChipPruneError, match="has no model.safetensors"):
@@ -278,7 +382,7 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary file left behind
 
 
-def test_a_killed_prune_leaves_no_folder_or_one_without_its_report(tmp_path):
+def test_a_killed_prune_leaves_no_folder(tmp_path):
     import signal
     import subprocess
     import sys
@@ -297,7 +401,7 @@ def test_a_killed_prune_leaves_no_folder_or_one_without_its_report(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
 
-    # SIGKILL between the files of the folder: report.json, written last, is absent (the folder says it is incomplete).
+    # SIGKILL between the files of the folder: they were being written into a hidden sibling, so --out does not exist.
     killed_while_saving = killed_while_scoring.replace(
         "import chipprune.scoring.criteria as c\n"
         "c.Criterion.score = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n",
@@ -307,7 +411,11 @@ def test_a_killed_prune_leaves_no_folder_or_one_without_its_report(tmp_path):
     proc = subprocess.run([sys.executable, "-c", killed_while_saving, "prune", "--model", "cifar_resnet20", "--weights", "none",
                            "--no-eval", "--sparsity", "0.5", "--criterion", "l1", "--out", str(out), "--quiet"], capture_output=True)
     assert proc.returncode == -signal.SIGKILL
-    assert {p.name for p in out.iterdir()} == {"model.safetensors"}
+    assert not out.exists() and any(p.name.endswith(".new") for p in tmp_path.iterdir())
+    # The next run into that --out finds no folder to refuse, and removes the unfinished one.
+    assert main(["prune", "--model", "cifar_resnet20", "--weights", "none", "--no-eval", "--sparsity", "0.5", "--criterion", "l1",
+                 "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
 
 
 def test_fewer_calibration_images_than_processes_is_refused(monkeypatch):

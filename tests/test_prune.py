@@ -88,7 +88,7 @@ def test_save_and_reload_give_identical_outputs(tmp_path):
     model, spec = load_model("cifar_resnet56", "bundled")
     result = prune(model, spec, calibration=QUICK, evaluate_on=False, progress=False)
     save_pruned(result, tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "pruning.json", "report.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "pruning.json", "report.json", "report.md", "channels.png"}
     record = json.loads((tmp_path / "pruning.json").read_text())
     assert record["model"] == "cifar_resnet56" and len(record["groups"]) == 29
     reloaded = load_pruned(tmp_path)

@@ -159,7 +159,7 @@ def test_finetune_writes_a_loadable_folder_and_report(tmp_path):
     assert main(args) == 0
     fine = out / "finetuned"
     report = json.loads((fine / "report.json").read_text())
-    assert report["params_after"] < report["params_before"] and report["finetune"]["val_images"] == 64
+    assert report["params_after"] < report["params_before"] and report["finetune"]["val_images"] == 13  # 10% of the 128 training images: --limit-train-images limits validation too
     assert {"top1_after", "top5_after", "latency_ms", "macs_after"} <= set(report)
     assert (fine / "report.md").read_text().startswith("# chipprune report: cifar_resnet20")
     assert (fine / "training_curve.png").is_file() and (fine / "channels.png").is_file()

@@ -13,15 +13,18 @@ from pathlib import Path
 import torch
 
 from ._version import __version__
+from .cli_types import OneLineParser, integer, latency_target, number
 from .data.calibration import Calibration
 from .data.sources import BUNDLED, open_data
 from .errors import ChipPruneError
 from .evaluation.latency import compare_latency, model_runner, onnx_runner
 from .evaluation.metrics import count_macs, count_params, evaluate
 from .io.atomic import save_tensors, write_json
-from .io.onnx import export_onnx
+from .io.folder import check_writable, claim_folder
+from .io.onnx import export_onnx, onnx_metadata
 from .io.pruned import open_pruned, read_report, save_pruned
 from .models.registry import get_model_spec, list_models, load_model
+from .models.spec import ModelSpec
 from .pilot import PilotSettings, run_pilot, sensitivity
 from .pipeline import plan, prune, score
 from .planning.request import PlanRequest
@@ -62,8 +65,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         help="weights file (.safetensors, or a torch state dict read with weights_only), "
         "'bundled' for the shipped ones (default), or 'none' for random initialisation",
     )
-    p.add_argument("--num-classes", type=int, default=None, help="classifier outputs, if not the model's default")
-    p.add_argument("--image-size", type=int, default=None, help="input size to trace and count at (default: the model's)")
+    p.add_argument("--num-classes", type=integer(1), default=None, help="classifier outputs, if not the model's default")
+    p.add_argument("--image-size", type=integer(16), default=None, help="input size to trace and count at (default: the model's)")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -73,13 +76,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="'bundled' (default: shipped CIFAR-10 sample), a CIFAR-10 root (cifar-10-batches-py), "
         "or an ImageFolder root with train/ and test/ (or val/)",
     )
-    p.add_argument("--calib-images", type=int, default=640, help="calibration images (default 640 = 5 x 128)")
+    p.add_argument("--calib-images", type=integer(1), default=640, help="calibration images (default 640 = 5 x 128)")
     p.add_argument(
         "--require-calib-images", action="store_true",
         help="stop if the data has fewer training images than --calib-images (default: warn and use them all)",
     )
-    p.add_argument("--batch-size", type=int, default=128, help="calibration batch size (default 128)")
-    p.add_argument("--seed", type=int, default=0, help="seed for image choice and augmentation")
+    p.add_argument("--batch-size", type=integer(1), default=128, help="calibration batch size (default 128)")
+    p.add_argument("--seed", type=integer(0), default=0, help="seed for image choice and augmentation")
     p.add_argument(
         "--criterion", default="chip", choices=list(CRITERIA),
         help="; ".join(f"{c.name}: {c.description}" for c in CRITERIA.values()) + " (default chip)",
@@ -106,6 +109,9 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     # Under torchrun each process scores its share of the images; process 0 writes the result.
+    if Path(args.out).suffix != ".safetensors":  # its .json twin is written beside it, under the same stem
+        raise ChipPruneError(f"--out {args.out}: the scores file must end in .safetensors (a .json twin is written beside it)")
+    check_writable(args.out, folder=False)
     dist_info = setup_distributed(resolve_device(args.device))
     device = dist_info.device
     torch.manual_seed(args.seed)  # the same random initialisation everywhere for --weights none
@@ -154,10 +160,11 @@ def cmd_prune(args: argparse.Namespace) -> None:
                              progress=not args.quiet)
         print(plan_summary(spec.name, groups, found, count_params(model), count_macs(model, spec.image_size), spec.image_size))
         return
-    result = prune(model, spec, request, calibration=_calibration(args), criterion=args.criterion, evaluate_on=not args.no_eval,
-                   recalibrate_bn=not args.no_bn_recalibration, device=device, progress=not args.quiet)
     folder = Path(args.out) if args.out else Path("chipprune-out") / spec.name.replace(":", "_")
-    save_pruned(result, folder)
+    with claim_folder(folder, overwrite=args.overwrite):  # checked and locked before the work, not after
+        result = prune(model, spec, request, calibration=_calibration(args), criterion=args.criterion, evaluate_on=not args.no_eval,
+                       recalibrate_bn=not args.no_bn_recalibration, device=device, progress=not args.quiet)
+        save_pruned(result, folder, overwrite=args.overwrite)
     print(prune_summary(result.report, result.record, str(folder), args.verbose))
 
 
@@ -180,10 +187,15 @@ def _print_latency(args: argparse.Namespace, model: torch.nn.Module, spec, recor
     original = spec.build(record.get("num_classes"))
     mac_ratio = count_macs(original, spec.image_size) / count_macs(model, spec.image_size)
     onnx_file = Path(args.folder) / "model.onnx"
+    use_onnx = onnx_file.is_file()
+    if use_onnx and onnx_metadata(onnx_file).get("chipprune_weights_sha256") != str(record.get("weights_sha256")):
+        print(f"note: {onnx_file} was not exported from this folder's weights (an earlier prune, or an older chipprune); "
+              f"it is not timed. Run 'chipprune export {args.folder}' again")
+        use_onnx = False
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         runtimes = [("pytorch eager", lambda m, b: model_runner(m, spec.image_size, b, device), original, model)]
-        if onnx_file.is_file():  # the deployment path of an exported model: ONNX Runtime, the original exported alike
+        if use_onnx:  # the deployment path of an exported model: ONNX Runtime, the original exported alike
             export_onnx(original, spec.image_size, Path(tmp) / "original.onnx")
             runtimes.append(("onnxruntime", lambda f, b: onnx_runner(f, spec.image_size, b, device), Path(tmp) / "original.onnx", onnx_file))
         for runtime, runner, before, after in runtimes:
@@ -197,7 +209,7 @@ def _print_latency(args: argparse.Namespace, model: torch.nn.Module, spec, recor
         print(f"{runtime:14}{batch:>6}{c.before_ms:>13.2f}{c.after_ms:>11.2f}{c.speedup:>9.2f}x"
               f"{f'{c.speedup_low:.2f}-{c.speedup_high:.2f}x':>15}{c.rounds:>8}{mac_ratio:>14.2f}x")
     print("(medians of rounds that alternate the two models after warm-up, until the interval is within 5% or 30 s have passed"
-          + ("" if onnx_file.is_file() else f"; run 'chipprune export {args.folder}' to time ONNX Runtime too") + ")")
+          + ("" if use_onnx else f"; run 'chipprune export {args.folder}' to time ONNX Runtime too") + ")")
     for runtime, batch, c in rows:
         if not (c.faster and c.precise):
             print(f"note: {runtime} at batch {batch}: {speedup_text(c)}")
@@ -205,9 +217,10 @@ def _print_latency(args: argparse.Namespace, model: torch.nn.Module, spec, recor
 
 def cmd_export(args: argparse.Namespace) -> None:
     folder = Path(args.folder)
-    model, _, spec = open_pruned(folder, model=args.model)
+    model, record, spec = open_pruned(folder, model=args.model)
     out = Path(args.out) if args.out else folder / "model.onnx"
-    diff = export_onnx(model, spec.image_size, out)
+    check_writable(out, folder=False)
+    diff = export_onnx(model, spec.image_size, out, metadata={"chipprune_weights_sha256": str(record.get("weights_sha256"))})
     print(f"wrote {out}; ONNX Runtime matches PyTorch (max abs difference {diff:.2e} on random inputs)")
 
 
@@ -219,7 +232,7 @@ def _train_config(args: argparse.Namespace, out: Path) -> TrainConfig:
     return TrainConfig(
         recipe, out, seed=args.seed, val_fraction=args.val_fraction, amp=not args.no_amp, amp_dtype=args.amp_dtype,
         checkpoint_every_steps=args.checkpoint_every, resume=args.resume, progress=not args.quiet,
-        limit_train_images=args.limit_train_images,
+        limit_train_images=args.limit_train_images, overwrite=args.overwrite,
     )
 
 
@@ -259,7 +272,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     args.out = str(root / "pruned")
     args.dry_run = False
     # Under torchrun, process 0 prunes alone, before the processes join up; the others wait for it.
-    if int(os.environ.get("RANK", "0")) == 0:
+    # A resumed run keeps the model it pruned (the checkpoint belongs to those weights).
+    if int(os.environ.get("RANK", "0")) == 0 and not (args.resume and (root / "pruned" / "pruning.json").is_file()):
         cmd_prune(args)
     setup_distributed(resolve_device(args.device))
     barrier()
@@ -273,6 +287,12 @@ def cmd_pilot(args: argparse.Namespace) -> None:
     model, spec = load_model(args.model, args.weights, args.num_classes, args.image_size)
     out = Path(args.out) if args.out else Path("chipprune-out") / f"{spec.name.replace(':', '_')}-pilot"
     calibration = _calibration(args)
+    with claim_folder(out, resumable=True):  # a rerun resumes the folder; two at once would mix it
+        _pilot(args, model, spec, out, calibration, device)
+
+
+def _pilot(args: argparse.Namespace, model: torch.nn.Module, spec: ModelSpec, out: Path, calibration: Calibration,
+           device: torch.device) -> None:
     if args.sensitivity:
         result = sensitivity(model, spec, args.data, out, ratios=args.sensitivity_ratios, calibration=calibration,
                              max_drop=args.max_drop, criterion=args.criterion, device=device, progress=not args.quiet)
@@ -295,25 +315,26 @@ def _add_prune_args(p: argparse.ArgumentParser) -> None:
         help="paper string like '[0.]+[0.15]*2+[0.4]*27', one ratio for every layer like 0.3, "
         "or a .json/.yaml file mapping layer names or glob patterns to ratios",
     )
-    p.add_argument("--target-macs", type=float, default=None, help="MAC budget: a fraction (0.5) or an absolute count")
-    p.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of this (e.g. 8)")
+    p.add_argument("--target-macs", type=number(0, low_open=True), default=None, help="MAC budget: a fraction (0.5) or an absolute count")
+    p.add_argument("--round-to", type=integer(1), default=1, help="keep channel counts at multiples of this (e.g. 8)")
     p.add_argument(
-        "--target-latency", default=None, metavar="BUDGET",
+        "--target-latency", default=None, type=latency_target, metavar="BUDGET",
         help="latency budget on this device: a fraction of the original (0.5) or milliseconds (12ms); "
         "widths are chosen from a per-layer latency table timed on this machine (cached)",
     )
-    p.add_argument("--latency-batch", type=int, nargs="+", default=[1], metavar="N",
+    p.add_argument("--latency-batch", type=integer(1), nargs="+", default=[1], metavar="N",
                    help="batch size(s) the latency budget is for (default 1; several: their mean fraction)")
     p.add_argument("--latency-table", default=None, metavar="FILE",
                    help="latency table JSON to use and extend (default: this machine's, in ~/.cache/chipprune/latency)")
     p.add_argument("--retime", action="store_true",
                    help="with --target-latency: time again every latency-table entry the search uses (done by itself "
                    "when the machine runs at another speed than when the table was timed)")
-    p.add_argument("--max-shared-ratio", type=float, default=0.3, metavar="R",
+    p.add_argument("--max-shared-ratio", type=number(0, 1, low_open=True), default=0.3, metavar="R",
                    help="with --target-latency: the largest fraction of a residual stream's channels to remove (default 0.3)")
     p.add_argument("--ignore", nargs="+", default=[], metavar="LAYER", help="layers whose output channels stay")
     p.add_argument("--dry-run", action="store_true", help="print the plan (channels, params, MACs) and stop")
     p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder as a whole (default: refuse)")
     p.add_argument("--no-eval", action="store_true", help="skip test-set evaluation")
     p.add_argument("--no-bn-recalibration", action="store_true", help="keep the BatchNorm statistics as pruned")
     p.add_argument("--verbose", "-v", action="store_true", help="print channels kept per group")
@@ -324,27 +345,29 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
     if standalone:  # 'run' gets these from the scoring options
         p.add_argument("--data", default=None, help=data_help)
         p.add_argument("--out", default=None, help=out_help)
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=integer(0), default=0)
         p.add_argument("--device", default="auto", help=_DEVICE_HELP)
         p.add_argument("--quiet", action="store_true")
     p.add_argument("--recipe", default="chip-cifar", choices=sorted(RECIPES), help="hyper-parameter preset (default chip-cifar)")
-    p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs (the paper: 400 CIFAR, 180 ImageNet)")
-    p.add_argument("--train-batch-size", type=int, default=None, help="global batch size (split across processes)")
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--momentum", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--warmup-epochs", type=float, default=None)
-    p.add_argument("--label-smoothing", type=float, default=None)
-    p.add_argument("--val-fraction", type=float, default=0.1, help="training images held out to choose the epoch (0: none)")
+    p.add_argument("--epochs", type=integer(1), default=None, help="override the recipe's epochs (the paper: 400 CIFAR, 180 ImageNet)")
+    p.add_argument("--train-batch-size", type=integer(1), default=None, help="global batch size (split across processes)")
+    p.add_argument("--lr", type=number(0, low_open=True), default=None)
+    p.add_argument("--momentum", type=number(0, 1), default=None)
+    p.add_argument("--weight-decay", type=number(0), default=None)
+    p.add_argument("--warmup-epochs", type=number(0), default=None)
+    p.add_argument("--label-smoothing", type=number(0, 1), default=None)
+    p.add_argument("--val-fraction", type=number(0, 1), default=0.1, help="training images held out to choose the epoch (0: none)")
     p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
     p.add_argument("--amp-dtype", default="bf16", choices=["bf16", "fp16"], help="autocast type on CUDA (fp16 adds loss scaling)")
-    p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="also checkpoint every N steps")
+    p.add_argument("--checkpoint-every", type=integer(0), default=0, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    p.add_argument("--limit-train-images", type=int, default=None, help="train on at most this many images (pilots)")
+    if standalone:  # 'run' has it from the pruning options
+        p.add_argument("--overwrite", action="store_true", help="start over in an output folder that holds an earlier run (default: refuse)")
+    p.add_argument("--limit-train-images", type=integer(1), default=None, help="train on at most this many images (pilots)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chipprune", description="CHIP channel pruning for PyTorch CNNs.")
+    parser = OneLineParser(prog="chipprune", description="CHIP channel pruning for PyTorch CNNs.")
     parser.add_argument("--version", action="version", version=f"chipprune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -391,14 +414,14 @@ def _add_pilot_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pilot", help="sweep compression levels on your data and recommend a safe one")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--levels", type=float, nargs="+", default=[0.8, 0.65, 0.5, 0.35], help="MAC budgets as fractions")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="short fine-tuning per level (default none)")
-    p.add_argument("--max-drop", type=float, default=1.0, help="accuracy drop (points) you accept (default 1)")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (default 0.95)")
-    p.add_argument("--round-to", type=int, default=1)
-    p.add_argument("--throughput-batch", type=int, default=64, help="batch size of the throughput latency (default 64)")
+    p.add_argument("--levels", type=number(0, 1, low_open=True), nargs="+", default=[0.8, 0.65, 0.5, 0.35], help="MAC budgets as fractions")
+    p.add_argument("--finetune-epochs", type=integer(0), default=0, help="short fine-tuning per level (default none)")
+    p.add_argument("--max-drop", type=number(0), default=1.0, help="accuracy drop (points) you accept (default 1)")
+    p.add_argument("--confidence", type=number(0, 1, low_open=True), default=0.95, help="confidence of the intervals (default 0.95)")
+    p.add_argument("--round-to", type=integer(1), default=1)
+    p.add_argument("--throughput-batch", type=integer(1), default=64, help="batch size of the throughput latency (default 64)")
     p.add_argument("--sensitivity", action="store_true", help="instead: prune one group at a time and chart the drops")
-    p.add_argument("--sensitivity-ratios", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    p.add_argument("--sensitivity-ratios", type=number(0, 1, low_open=True), nargs="+", default=[0.3, 0.5, 0.7])
     p.add_argument("--out", default=None, help="output folder (default chipprune-out/MODEL-pilot); reruns resume")
     p.set_defaults(func=cmd_pilot)
 
@@ -410,7 +433,7 @@ def _add_eval_and_export_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default=None, help=_FOLDER_DATA_HELP)
     p.add_argument("--no-accuracy", action="store_true", help="skip the test-set evaluation")
     p.add_argument("--latency", action="store_true", help="measure latency of the original and the pruned model")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
+    p.add_argument("--batch-sizes", type=integer(1), nargs="+", default=[1, 64], help="latency batch sizes (default 1 64)")
     p.add_argument("--model", default=None, help=_TRUST_HELP)
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
     p.add_argument("--quiet", action="store_true")
@@ -430,7 +453,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere, before or after the subcommand
+    try:
+        args = parser.parse_args([a for a in argv if a != "--debug"])
+    except SystemExit as exc:  # --help, --version, or a bad option (its one line already printed)
+        return int(exc.code or 0)
+    args.debug = debug
     if args.command is None:
         parser.print_help()
         return 0
@@ -452,6 +481,18 @@ def main(argv: list[str] | None = None) -> int:
         # Unix tool killed by SIGPIPE has (not 0: the work may not be done).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a full or read-only disk, a file that vanished: the system's words, one line
+        if args.debug:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"chipprune: error: cannot read or write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a fault of chipprune's: one line, the traceback on request
+        if args.debug:
+            raise
+        print(f"chipprune: error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+              "(a fault in chipprune: rerun with --debug for the traceback, and report it)", file=sys.stderr)
+        return 1
     finally:
         warnings.showwarning = saved_showwarning
         teardown_distributed()

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -125,29 +127,78 @@ def _cifar_root(root: Path) -> DataSource:
 
 
 def _read_image(path: str) -> Image.Image:
-    # Grey-scale, palette and RGBA images are converted; a file PIL cannot read gets a clear error.
+    # Grey-scale, palette, RGBA and 16-bit images are converted; a file PIL cannot read, or one that
+    # claims more pixels than PIL's safety limit, gets a clear error.
     try:
         with open(path, "rb") as f:
-            return Image.open(f).convert("RGB")
+            return _to_rgb(Image.open(f), path)
+    except Image.DecompressionBombError as exc:
+        raise ChipPruneError(f"refusing image {path}: {str(exc).split(' could be')[0]} (a damaged file or a decompression bomb)") from None
     except (OSError, ValueError) as exc:
         raise ChipPruneError(f"cannot read image {path}: {exc}") from None
 
 
+def _to_rgb(image: Image.Image, path: str) -> Image.Image:
+    """8-bit RGB. PIL's own conversion clips 16-bit values at 255 (a white image): they are scaled."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ChipPruneError(f"cannot read image {path}: {image.mode} values outside 0-65535; save it as 8 or 16-bit")
+        return Image.fromarray(np.round(values / 257.0).astype(np.uint8)).convert("RGB")
+    if image.mode == "F":
+        raise ChipPruneError(f"cannot read image {path}: floating-point pixels (mode F) have no agreed range; save it as 8 or 16-bit")
+    return image.convert("RGB")
+
+
+class _ImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder, reading each real folder once: a link back up the tree (a loop)
+    or to a folder already read would count its images again."""
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):  # noqa: ANN001, ANN205
+        samples, seen = [], set()
+        for name in sorted(class_to_idx):
+            for root, dirs, files in os.walk(os.path.join(directory, name), followlinks=True):
+                dirs.sort()
+                real = os.path.realpath(root)
+                if real in seen:
+                    warnings.warn(f"skipped {root}: a link to a folder already read (a symbolic-link loop?)")
+                    dirs[:] = []
+                    continue
+                seen.add(real)
+                samples += [(os.path.join(root, f), class_to_idx[name]) for f in sorted(files)
+                            if datasets.folder.has_file_allowed_extension(f, extensions or datasets.folder.IMG_EXTENSIONS)]
+        found = {i for _, i in samples}
+        empty = sorted(name for name, i in class_to_idx.items() if i not in found)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"no images in the class folder(s) {', '.join(empty[:5])}")
+        return samples
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if d.is_dir())  # as torchvision numbers them
+
+
 def _image_folder(root: Path) -> DataSource:
     test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+    train_dir = root / "train"
+    train_classes, test_classes = _class_folders(train_dir), _class_folders(test_dir)
+    if train_classes != test_classes:
+        # Labels are numbered by sorted class name in each split: one class missing shifts all after it.
+        only_train, only_test = sorted(set(train_classes) - set(test_classes)), sorted(set(test_classes) - set(train_classes))
+        raise ChipPruneError(
+            f"{train_dir} and {test_dir} hold different classes (only in train: {', '.join(only_train[:5]) or '-'}; only in "
+            f"{test_dir.name}: {', '.join(only_test[:5]) or '-'}), so their labels would not agree; give both the same class folders"
+        )
 
     def build(split: str, transform: Callable) -> Dataset:
-        folder = root / "train" if split == "train" else test_dir
-        if not folder.is_dir():
-            raise ChipPruneError(f"{root} has no '{folder.name}/' folder for the {split} split")
+        folder = train_dir if split == "train" else test_dir
         try:
-            return datasets.ImageFolder(str(folder), transform=transform, loader=_read_image)
+            return _ImageFolder(str(folder), transform=transform, loader=_read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise ChipPruneError(f"cannot read images under {folder}: {exc}") from None
 
-    train_dir = root / "train"
-    classes = sum(1 for d in train_dir.iterdir() if d.is_dir()) if train_dir.is_dir() else None
-    return DataSource(f"ImageFolder {root}", build, None, classes)
+    return DataSource(f"ImageFolder {root}", build, None, len(train_classes))
 
 
 def data_location(path: str | Path | None) -> str:

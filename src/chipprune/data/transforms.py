@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -36,6 +37,10 @@ def make_transform(spec: ModelSpec, train: bool, native_size: int | None) -> Cal
     """Preprocessing for ``spec``: CIFAR-style crop/flip at 32 px, ImageNet-style otherwise."""
     normalize = [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
     size = spec.image_size
+    if native_size is not None and native_size * 2 < size:
+        warnings.warn(f"the data's {native_size}-pixel images are enlarged to {size} pixels for {spec.name}: a model trained on "
+                      f"{size}-pixel photos sees little in them, so accuracies measured on this data say little about your own "
+                      "(expect near chance for ImageNet weights); give --data with images like the model's")
     if size <= 64:
         resize = [] if native_size == size else [transforms.Resize((size, size))]
         aug = [transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip()] if train else []

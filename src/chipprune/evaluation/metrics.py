@@ -58,7 +58,7 @@ def evaluate(
     """
     model.eval()
     device = torch.device(device)
-    counts = torch.zeros(3, dtype=torch.float64)  # top-1 right, top-5 right, images
+    counts = torch.zeros(4, dtype=torch.float64)  # top-1 right, top-5 right, images, images with non-finite logits
     with torch.inference_mode(), autocast(device, amp_dtype):
         for x, y in tqdm(batches, desc=desc, disable=not progress, unit="batch", leave=False):
             logits = model(x.to(device)).float()
@@ -66,9 +66,13 @@ def evaluate(
             y = y.to(device)
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             counts += torch.tensor(
-                [(top[:, 0] == y).sum().item(), (top == y[:, None]).any(dim=1).sum().item(), y.numel()], dtype=torch.float64
+                [(top[:, 0] == y).sum().item(), (top == y[:, None]).any(dim=1).sum().item(), y.numel(),
+                 (~torch.isfinite(logits).all(dim=1)).sum().item()], dtype=torch.float64
             )
-    correct1, correct5, total = all_reduce_sum(counts.to(device)).cpu().tolist()
+    correct1, correct5, total, broken = all_reduce_sum(counts.to(device)).cpu().tolist()
+    if broken:  # an argmax over NaN or inf looks like an accuracy, and means nothing
+        raise ChipPruneError(f"the model gave infinite or NaN outputs for {int(broken)} of {int(total)} test images: its weights or "
+                             "the data hold values out of range (a diverged training, damaged weights, or images not scaled)")
     if total == 0:
         return {"top1": float("nan"), "top5": float("nan"), "images": 0}
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "images": int(total)}

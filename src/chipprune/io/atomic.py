@@ -15,7 +15,7 @@ from safetensors.torch import save
 
 from ..errors import ChipPruneError
 
-__all__ = ["atomic_write_bytes", "write_json", "read_json", "save_state_dict", "save_tensors"]
+__all__ = ["atomic_write_bytes", "write_json", "json_safe", "read_json", "save_state_dict", "save_tensors"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -42,7 +42,7 @@ def temporary_file_beside(path: Path) -> tuple[int, str]:
     mkstemp's files are private (0600), which would hide the results from a user's team."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, 0o666 & ~UMASK)
     except OSError:  # file systems without permissions (FAT, some network mounts): leave them be
         pass
     return fd, tmp
@@ -54,21 +54,22 @@ def _read_umask() -> int:
     return umask
 
 
-_UMASK = _read_umask()  # read once, at import: setting it briefly is visible to every thread
+UMASK = _read_umask()  # read once, at import: setting it briefly is visible to every thread
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as strict JSON, atomically; NaN and infinities (not computed, no data) become null."""
-    atomic_write_bytes(path, (json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n").encode())
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` as write_json writes it: NaN and infinities become None."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
@@ -82,9 +83,9 @@ def read_json(path: str | Path) -> Any:
         raise ChipPruneError(f"{path} is not valid JSON: {exc}") from None
 
 
-def save_state_dict(model: nn.Module, path: str | Path) -> None:
+def save_state_dict(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Save ``model``'s state dict as safetensors, atomically."""
-    save_tensors({k: v for k, v in model.state_dict().items()}, path)
+    save_tensors({k: v for k, v in model.state_dict().items()}, path, metadata)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:

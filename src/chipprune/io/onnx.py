@@ -15,12 +15,14 @@ from ..errors import ChipPruneError
 from .atomic import temporary_file_beside
 from ..runtime import device_of
 
-__all__ = ["export_onnx"]
+__all__ = ["export_onnx", "onnx_metadata"]
 
 
-def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: float = 1e-4, rtol: float = 1e-3) -> float:
+def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: float = 1e-4, rtol: float = 1e-3,
+                metadata: dict[str, str] | None = None) -> float:
     """Write ``model`` as ONNX (dynamic batch size) to ``path`` and return the largest absolute
     difference between ONNX Runtime's and PyTorch's outputs on random inputs (batch 1 and 3).
+    ``metadata``: strings stored in the file (a pruned folder records its weights' digest there).
 
     The file appears only after the check passed (written to a temporary name, then renamed).
     """
@@ -45,6 +47,11 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: fl
                 model, (example,), tmp, dynamo=False, input_names=["images"], output_names=["logits"],
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
             )
+        if metadata:
+            proto = onnx.load(tmp)
+            for key, value in metadata.items():
+                proto.metadata_props.add(key=key, value=value)
+            onnx.save(proto, tmp)
         onnx.checker.check_model(tmp)
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         worst = 0.0
@@ -62,3 +69,15 @@ def export_onnx(model: nn.Module, image_size: int, path: str | Path, *, atol: fl
     finally:
         Path(tmp).unlink(missing_ok=True)
         model.train(was_training)
+
+
+def onnx_metadata(path: str | Path) -> dict[str, str]:
+    """The strings stored in an ONNX file's metadata (empty when it cannot be read)."""
+    try:
+        import onnx
+    except ImportError:
+        return {}
+    try:
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception:  # noqa: BLE001 - a damaged file: no metadata to trust
+        return {}

@@ -3,6 +3,12 @@ architecture: the model's name and the channels each group lost) and ``report.js
 
 Loading builds the named model afresh, replays the recorded removals and loads the weights:
 nothing is unpickled, and no code runs that the user did not name.
+
+The files are one unit. ``pruning.json`` records the SHA-256 of the weights file it was written
+with, and the weights file records (in its safetensors metadata) the SHA-256 of the record; loading
+checks both, so a weights file from another run, or a record changed after the fact, is refused
+instead of giving wrong results. A folder from ``prune`` is also filled beside its destination and
+renamed into place (io/folder.py).
 """
 
 from __future__ import annotations
@@ -11,23 +17,34 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hashlib
+import json
+import warnings
+
 import torch
 import torch.nn as nn
+from safetensors import SafetensorError, safe_open
 
 from .._version import __version__
 from ..errors import ChipPruneError
 from ..models.registry import get_model_spec
 from ..models.spec import ModelSpec
 from ..models.user import is_user_factory
+from ..reporting.markdown import write_prune_report
 from ..runtime import device_of
 from ..surgery.apply import GroupRemoval, prune_group
 from ..surgery.groups import build_graph, classifier_outputs, example_input, find_classifier
-from .atomic import read_json, save_state_dict, write_json
+from .atomic import json_safe, read_json, save_state_dict, write_json
+from .folder import file_sha256, new_folder
 from .weights import load_weights
 
-__all__ = ["PRUNED_FORMAT", "PruneResult", "pruning_record", "save_pruned", "read_pruned_record", "open_pruned", "load_pruned", "read_report"]
+__all__ = [
+    "PRUNED_FORMAT", "PruneResult", "pruning_record", "save_pruned", "write_pruned_files", "read_pruned_record", "open_pruned",
+    "load_pruned", "read_report",
+]
 
 PRUNED_FORMAT = "chipprune-pruned/1"
+_RECORD_DIGEST = "chipprune_record_sha256"  # safetensors metadata key
 
 
 @dataclass
@@ -72,17 +89,54 @@ def pruning_record(
     }
 
 
-def save_pruned(result: PruneResult, folder: str | Path) -> Path:
-    """Write ``model.safetensors``, ``pruning.json`` and ``report.json`` into ``folder`` (atomically each)."""
+def save_pruned(result: PruneResult, folder: str | Path, *, overwrite: bool = False) -> Path:
+    """Write ``model.safetensors``, ``pruning.json``, ``report.json``, ``report.md`` and ``channels.png`` as a new ``folder``: filled
+    beside it and renamed into place. An existing folder with files is replaced as a whole only with
+    ``overwrite`` (files derived from it, such as ``model.onnx`` or ``finetuned/``, go with it)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    # The report goes first and last: its presence means the folder's files belong together, so a
-    # previous run's report must not outlive an interruption between the two other files.
-    (folder / "report.json").unlink(missing_ok=True)
-    save_state_dict(result.model, folder / "model.safetensors")
-    write_json(folder / "pruning.json", result.record)
-    write_json(folder / "report.json", result.report.to_json())
+    with new_folder(folder, overwrite=overwrite) as tmp:
+        record = write_pruned_files(tmp, result.model, result.record, result.report.to_json())
+        write_prune_report(tmp, result.report, record)
     return folder
+
+
+def write_pruned_files(folder: Path, model: nn.Module, record: dict[str, Any], report: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The weights (carrying the record's digest), then ``pruning.json`` (carrying the weights'),
+    then ``report.json`` if given (carrying the weights' too); returns the record as written."""
+    record = {k: v for k, v in record.items() if k != "weights_sha256"}
+    save_state_dict(model, folder / "model.safetensors", {_RECORD_DIGEST: _record_sha256(record)})
+    record["weights_sha256"] = file_sha256(folder / "model.safetensors")
+    write_json(folder / "pruning.json", record)
+    if report is not None:
+        write_json(folder / "report.json", {**report, "weights_sha256": record["weights_sha256"]})
+    return record
+
+
+def _record_sha256(record: dict[str, Any]) -> str:
+    body = json_safe({k: v for k, v in record.items() if k != "weights_sha256"})  # as written to pruning.json
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _check_unit(folder: Path, record: dict[str, Any]) -> None:
+    """Refuse weights and a record that were not written together."""
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ChipPruneError(f"pruned folder {folder} has no model.safetensors")
+    expected = record.get("weights_sha256")
+    if expected is None:
+        warnings.warn(f"{folder} was written by chipprune before 0.3: whether its files belong together cannot be checked")
+        return
+    if file_sha256(weights) != expected:
+        raise ChipPruneError(f"{weights} is not the weights file {folder / 'pruning.json'} was written with (it comes from "
+                             "another run, or was changed): prune again into an empty --out")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            stamped = (f.metadata() or {}).get(_RECORD_DIGEST)
+    except (SafetensorError, OSError) as exc:
+        raise ChipPruneError(f"cannot read {weights}: {exc}") from None
+    if stamped != _record_sha256(record):
+        raise ChipPruneError(f"{folder / 'pruning.json'} was changed after it was written (it no longer matches "
+                             "model.safetensors): restore it, or prune again")
 
 
 def read_pruned_record(folder: str | Path, model: str | None = None) -> tuple[dict[str, Any], ModelSpec]:
@@ -130,6 +184,7 @@ def open_pruned(
     """``load_pruned``, together with the folder's pruning record and its model's spec."""
     folder = Path(folder)
     record, spec = read_pruned_record(folder, model)
+    _check_unit(folder, record)
     net = spec.build(record.get("num_classes")).eval()
     dg = build_graph(net, example_input(spec), spec.custom_pruners)
     modules = dict(net.named_modules())
@@ -137,8 +192,6 @@ def open_pruned(
         if g["group"] not in modules:
             raise ChipPruneError(f"{folder / 'pruning.json'} names layer '{g['group']}', which {spec.name} does not have")
         prune_group(dg, net, g["group"], g["removed"])
-    if not (folder / "model.safetensors").is_file():
-        raise ChipPruneError(f"pruned folder {folder} has no model.safetensors")
     # The folder's two files were written together; a mismatch means one of them was changed or damaged.
     load_weights(net, folder / "model.safetensors",
                  advice="pruning.json and model.safetensors do not belong together: was one of them replaced or damaged?")
@@ -146,7 +199,16 @@ def open_pruned(
 
 
 def read_report(folder: str | Path) -> dict[str, Any]:
-    """A folder's report.json as written (empty when there is none)."""
+    """A folder's report.json as written: empty when there is none, or when it belongs to other
+    weights than the folder's ``pruning.json`` (a report left from another run)."""
     path = Path(folder) / "report.json"
     report = read_json(path) if path.is_file() else {}
-    return report if isinstance(report, dict) else {}
+    if not isinstance(report, dict):
+        return {}
+    record_path = Path(folder) / "pruning.json"
+    record = read_json(record_path) if record_path.is_file() else {}
+    weights = record.get("weights_sha256") if isinstance(record, dict) else None
+    if weights is not None and report.get("weights_sha256") != weights:
+        warnings.warn(f"{path} belongs to another run than the folder's weights; it is ignored")
+        return {}
+    return report

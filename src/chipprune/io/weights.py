@@ -8,6 +8,7 @@ prefixes are stripped, CUDA-saved tensors are mapped to the CPU).
 from __future__ import annotations
 
 import pickle
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,9 +19,16 @@ from safetensors.torch import load_file
 
 from ..errors import ChipPruneError
 
-__all__ = ["read_state_dict", "load_weights"]
+__all__ = ["read_state_dict", "load_weights", "pickled_code"]
 
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
+
+
+def pickled_code(exc: pickle.UnpicklingError) -> str | None:
+    """The code a file refused by ``torch.load(weights_only=True)`` asked to run (``posix.system``),
+    or None when the file is merely damaged. torch has worded this several ways across versions."""
+    match = re.search(r"(?:GLOBAL|global|class)[: ]+([A-Za-z_][\w.]*)", str(exc))
+    return match.group(1) if match and ("nsupported" in str(exc) or "blocked" in str(exc)) else None
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -37,13 +45,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            # torch >= 2.4 says "Unsupported global", older versions "Unsupported class".
-            code = next((line.strip() for line in str(exc).splitlines() if "Unsupported global" in line or "Unsupported class" in line), None)
+            code = pickled_code(exc)
             if code is None:  # not code, just bytes the unpickler cannot read
                 raise ChipPruneError(f"cannot read weights file {path}: not a PyTorch file, or truncated or corrupt") from None
             raise ChipPruneError(
-                f"{path} is not a plain weights file: it needs pickled code to load, which chipprune "
-                f"never runs ({code.split(' was not')[0]}). Save a state_dict or safetensors instead."
+                f"{path} is not a plain weights file: it needs pickled code to load ({code}), which chipprune never runs. "
+                "Save a state_dict or safetensors instead"
             ) from None
         except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
             reason = str(exc) or type(exc).__name__
@@ -83,6 +90,10 @@ def load_weights(model: nn.Module, path: str | Path, *, advice: str = "Check tha
         raise ChipPruneError(
             f"weights in {path} do not fit this model ({'; '.join(parts)}). {advice}"
         )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise ChipPruneError(f"weights in {path} hold infinite or NaN values ({', '.join(broken[:3])}"
+                             f"{' ...' if len(broken) > 3 else ''}): the file is damaged, or the training that wrote it diverged")
     # safetensors keeps no per-module version metadata; some modules (torchvision's MNASNet) need it.
     state = OrderedDict(state)
     state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]

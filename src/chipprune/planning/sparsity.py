@@ -101,7 +101,11 @@ def _read_plan_file(path: Path) -> dict[str, float]:
         else:
             data = json.loads(text)
     except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear message
-        raise ChipPruneError(f"cannot parse plan file {path}: {exc}") from None
+        # YAML's messages span several lines (with a drawing of the spot): keep the first and the position.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        reason = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ChipPruneError(f"cannot parse plan file {path}{where}: {reason}") from None
     if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
         raise ChipPruneError(f"plan file {path} must map layer names or patterns to ratios, e.g. {{\"layer1.*.conv1\": 0.4}}")
     return {str(k): float(v) for k, v in data.items()}

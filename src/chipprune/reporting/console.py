@@ -77,7 +77,7 @@ def prune_summary(report: PruneReport, record: dict[str, Any], folder: str | Non
     timings = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v:.1f} s" for k, v in r.timings.items())
     lines += ["", f"time: {timings}"]
     if folder:
-        lines.append(f"saved: {folder}/ (model.safetensors, pruning.json, report.json)")
+        lines.append(f"saved: {folder}/ (model.safetensors, pruning.json, report.json, report.md, channels.png)")
     return "\n".join(lines)
 
 

@@ -8,15 +8,16 @@ from typing import Any
 
 from ..evaluation.latency import Comparison
 from ..io.atomic import atomic_write_bytes, write_json
-from ..results import FinetuneReport, PilotReport
-from .console import change, speedup_text
+from ..results import FinetuneReport, PilotReport, PruneReport
+from .console import change, prune_summary, speedup_text
 from .plots import plot_channels, plot_training
 
-__all__ = ["write_report", "finetune_markdown", "pilot_markdown"]
+__all__ = ["write_report", "write_prune_report", "finetune_markdown", "pilot_markdown"]
 
 
 def write_report(out: Path, report: FinetuneReport, record: dict[str, Any]) -> None:
-    """Write report.json, report.md and the plots (training curve, channels per group) into ``out``."""
+    """Write report.json, report.md and the plots (training curve, channels per group) into ``out``;
+    report.json carries the weights' digest from ``record``, which ties it to them."""
     out = Path(out)
     report.plots = []
     if report.finetune.history:
@@ -25,8 +26,19 @@ def write_report(out: Path, report: FinetuneReport, record: dict[str, Any]) -> N
     if record.get("groups"):
         plot_channels(out / "channels.png", record["groups"])
         report.plots.append("channels.png")
-    write_json(out / "report.json", report.to_json())
+    write_json(out / "report.json", {**report.to_json(), "weights_sha256": record.get("weights_sha256")})
     atomic_write_bytes(out / "report.md", finetune_markdown(report, record).encode())
+
+
+def write_prune_report(out: Path, report: PruneReport, record: dict[str, Any]) -> None:
+    """report.md and channels.png of a pruning run (report.json is written with the weights)."""
+    out = Path(out)
+    image = ""
+    if record.get("groups"):
+        plot_channels(out / "channels.png", record["groups"])
+        image = "\n![channels kept per group](channels.png)\n"
+    text = f"# chipprune pruning report: {report.model}\n\n```\n{prune_summary(report, record, None, True)}\n```\n{image}"
+    atomic_write_bytes(out / "report.md", text.encode())
 
 
 def finetune_markdown(r: FinetuneReport, record: dict[str, Any]) -> str:

@@ -170,8 +170,7 @@ def channel_independence_per_image(feature_maps: torch.Tensor) -> tuple[torch.Te
     Images are processed in chunks so that the working memory stays under about 256 MiB beyond
     the input. Raises ChipPruneError on NaN or Inf.
     """
-    if feature_maps.dim() < 2:
-        raise ChipPruneError(f"feature maps must be (N, C, ...), got shape {tuple(feature_maps.shape)}")
+    _check_input(feature_maps)
     a_all = feature_maps.detach().reshape(feature_maps.shape[0], feature_maps.shape[1], -1)
     n, c, m = a_all.shape
     r = min(c, m)
@@ -185,10 +184,32 @@ def channel_independence_per_image(feature_maps: torch.Tensor) -> tuple[torch.Te
     if workers > 1:
         # Each chunk is shared among the workers, so the memory bound holds for all of them together.
         pieces = [part for piece in pieces for part in piece.chunk(workers)]
-        results = _map_on_cpu_threads(lambda part: _ci_per_image(part.to(torch.float64)), pieces, workers)
+        results = _map_on_cpu_threads(_ci_rescaled, pieces, workers)
     else:
-        results = [_ci_per_image(piece.to(torch.float64)) for piece in pieces]
+        results = [_ci_rescaled(piece) for piece in pieces]
     return torch.cat([ci for ci, _ in results]), torch.cat([nuclear for _, nuclear in results])
+
+
+def _check_input(feature_maps: torch.Tensor) -> None:
+    if not isinstance(feature_maps, torch.Tensor):
+        raise ChipPruneError(f"feature maps must be a torch.Tensor, got {type(feature_maps).__name__}")
+    if feature_maps.dim() < 2 or feature_maps.shape[1] == 0 or any(d == 0 for d in feature_maps.shape[2:]):
+        raise ChipPruneError(f"feature maps must be (N, C, ...) with C and every spatial size above 0, got shape {tuple(feature_maps.shape)}")
+    if feature_maps.is_meta:
+        raise ChipPruneError("feature maps are on the meta device (shapes without values): run the model on real data")
+    if not feature_maps.is_floating_point():
+        raise ChipPruneError(f"feature maps must be floating point, got {feature_maps.dtype}")
+
+
+def _ci_rescaled(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """_ci_per_image on each image divided by its largest magnitude, scaled back: CI is positively
+    homogeneous (CI(sA) = s CI(A)), and the Gram matrix of maps near 1e160 would overflow, near 1e-160
+    underflow to zero."""
+    a = part.to(torch.float64)
+    scale = a.abs().amax(dim=(1, 2))
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero maps (CI 0) and NaN (refused later)
+    ci, nuclear = _ci_per_image(a / scale[:, None, None])
+    return ci * scale[:, None], nuclear * scale
 
 
 @functools.lru_cache(maxsize=None)
@@ -222,6 +243,7 @@ def channel_independence(feature_maps: torch.Tensor) -> torch.Tensor:
     ``CI_j = ||A||_* - ||M_j o A||_*`` for each image's C x HW matrix A, averaged over the N images.
     Exact to about 1e-8 relative (see the module docstring for the method).
     """
+    _check_input(feature_maps)
     if feature_maps.shape[0] == 0:
         raise ChipPruneError("no feature maps given (N = 0)")
     ci, _ = channel_independence_per_image(feature_maps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 from ..errors import ChipPruneError
 from ..io.atomic import atomic_write_bytes, write_json
+from ..io.weights import pickled_code
 
 __all__ = ["read_checkpoint", "write_checkpoint", "check_resumable", "write_metrics"]
 
@@ -20,8 +22,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a training checkpoint without unpickling code (weights_only)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        code = pickled_code(exc)
+        what = f"it needs pickled code to load ({code}), which chipprune never runs" if code else "truncated or corrupt"
+        raise ChipPruneError(f"cannot read checkpoint {path}: {what}; --overwrite starts over") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint gets one message
-        raise ChipPruneError(f"cannot read checkpoint {path} ({type(exc).__name__}: {exc}); remove it to start over") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise ChipPruneError(f"cannot read checkpoint {path}: truncated or corrupt ({reason}); --overwrite starts over") from None
 
 
 def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -41,7 +48,7 @@ def check_resumable(ckpt: dict[str, Any], settings: dict[str, Any], processes: i
     if changed:
         raise ChipPruneError(
             f"{path} belongs to a run with other settings ({'; '.join(changed)}); "
-            "resume with the same settings, or remove it (or choose another --out) to start over"
+            "resume with the same settings, or start over with --overwrite (or another --out)"
         )
 
 

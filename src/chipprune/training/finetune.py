@@ -6,6 +6,10 @@ The output folder is itself a pruned folder (``model.safetensors`` + ``pruning.j
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,12 +17,13 @@ import torch
 from ..data.sources import data_location, open_data
 from ..evaluation.latency import compare_models
 from ..evaluation.metrics import count_macs, count_params
-from ..io.atomic import write_json
-from ..io.pruned import open_pruned, pruning_record, read_report
+from ..io.folder import claim_folder
+from ..io.pruned import open_pruned, pruning_record, read_report, write_pruned_files
 from ..models.registry import load_model
+from ..models.spec import ModelSpec
 from ..reporting.markdown import write_report
 from ..results import FinetuneReport
-from ..runtime import setup_distributed
+from ..runtime import Dist, setup_distributed
 from .loop import TrainConfig, fit
 
 __all__ = ["finetune", "train_from_scratch"]
@@ -31,6 +36,14 @@ def finetune(
     ``model``: see ``load_pruned`` (needed for a ``package.module:function`` model)."""
     dist_info = setup_distributed(device)
     net, record, spec = open_pruned(folder, model=model)
+    # A checkpoint of other weights (the folder was pruned again since) must not be resumed.
+    config = replace(config, source_weights=record.get("weights_sha256"))
+    with _output(config, dist_info):
+        return _finetune(folder, net, record, spec, data, config, dist_info)
+
+
+def _finetune(folder: str | Path, net: torch.nn.Module, record: dict, spec: ModelSpec, data: str | Path | None, config: TrainConfig,
+              dist_info: Dist) -> FinetuneReport | None:
     summary = fit(net, spec, open_data(data), config, dist_info)
     if not dist_info.is_main:
         return None
@@ -46,8 +59,7 @@ def finetune(
         # The original has the pruned model's architecture before pruning, with random weights: speed does not depend on them.
         latency_ms=compare_models(original, net, spec.image_size, [1], device=dist_info.device, progress=config.progress),
     )
-    write_json(Path(config.out) / "pruning.json", record)
-    write_report(Path(config.out), report, record)
+    write_report(Path(config.out), report, write_pruned_files(Path(config.out), net, record))
     return report
 
 
@@ -59,16 +71,29 @@ def train_from_scratch(
     dist_info = setup_distributed(device)
     torch.manual_seed(config.seed)  # the same initial weights in every run with this seed
     model, spec = load_model(name, weights or "none", num_classes, image_size)
-    summary = fit(model, spec, open_data(data), config, dist_info)
-    if not dist_info.is_main:
-        return None
-    record = pruning_record(model, spec, [], criterion=None, sparsity="none (trained from scratch)")
-    params, macs = count_params(model), count_macs(model, spec.image_size)
-    report = FinetuneReport(
-        model=spec.name, data_path=data_location(data), criterion=None, sparsity=None, params_before=params, params_after=params,
-        macs_before=macs, macs_after=macs, top1_after=summary.test_top1, top5_after=summary.test_top5,
-        test_images=summary.test_images, finetune=summary,
-    )
-    write_json(Path(config.out) / "pruning.json", record)
-    write_report(Path(config.out), report, record)
+    with _output(config, dist_info):
+        summary = fit(model, spec, open_data(data), config, dist_info)
+        if not dist_info.is_main:
+            return None
+        record = pruning_record(model, spec, [], criterion=None, sparsity="none (trained from scratch)")
+        params, macs = count_params(model), count_macs(model, spec.image_size)
+        report = FinetuneReport(
+            model=spec.name, data_path=data_location(data), criterion=None, sparsity=None, params_before=params,
+            params_after=params, macs_before=macs, macs_after=macs, top1_after=summary.test_top1, top5_after=summary.test_top5,
+            test_images=summary.test_images, finetune=summary,
+        )
+        write_report(Path(config.out), report, write_pruned_files(Path(config.out), model, record))
     return report
+
+
+@contextmanager
+def _output(config: TrainConfig, dist_info: Dist) -> Iterator[None]:
+    """Process 0 holds ``config.out`` for the run: an earlier run's folder is continued (``resume``),
+    cleared (``overwrite``: the user starts over) or refused."""
+    if not dist_info.is_main:
+        yield
+        return
+    with claim_folder(config.out, overwrite=config.overwrite, resumable=config.resume):
+        if config.overwrite and not config.resume and Path(config.out).is_dir():
+            shutil.rmtree(config.out)
+        yield

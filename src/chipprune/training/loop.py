@@ -11,6 +11,8 @@ uninterrupted run exactly, and N processes under torchrun see the same augmented
 
 from __future__ import annotations
 
+import math
+
 import time
 import warnings
 from collections.abc import Iterator
@@ -50,7 +52,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     resume: bool = False
     progress: bool = True
-    limit_train_images: int | None = None  # for quick pilots
+    limit_train_images: int | None = None  # for quick pilots; validation is limited alike
+    overwrite: bool = False  # start over in an ``out`` that holds an earlier run
+    source_weights: str | None = None  # SHA-256 of the weights trained from: a checkpoint of other weights is refused
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -108,8 +112,10 @@ def _split_data(spec: ModelSpec, source: DataSource, config: TrainConfig, dist_i
     order = torch.randperm(len(train_aug), generator=torch.Generator().manual_seed(config.seed)).tolist()
     n_val = int(len(order) * config.val_fraction)
     val_idx, train_idx = order[:n_val], order[n_val:]
-    if config.limit_train_images:
+    if config.limit_train_images:  # a few-shot run: validation in proportion (it costs as much per image)
         train_idx = train_idx[: config.limit_train_images]
+        n_val = min(n_val, max(1, round(config.limit_train_images * config.val_fraction))) if n_val else 0
+        val_idx = val_idx[:n_val]
     if len(train_idx) < recipe.batch_size:
         raise ChipPruneError(f"{len(train_idx)} training images are fewer than one batch of {recipe.batch_size}; lower --train-batch-size")
     train = SeededAugmentation(Subset(train_aug, train_idx), config.seed)
@@ -157,7 +163,8 @@ class _Trainer:
         # silently continue a different run (e.g. put validation images into training).
         amp = str(config.autocast_dtype).replace("torch.", "") if device.type == "cuda" else "none"
         self.settings = {**asdict(recipe), "seed": config.seed, "val_fraction": config.val_fraction,
-                         "limit_train_images": config.limit_train_images, "train_images": len(data.train), "amp": amp}
+                         "limit_train_images": config.limit_train_images, "train_images": len(data.train), "amp": amp,
+                         "source_weights": config.source_weights}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -244,7 +251,13 @@ class _Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return torch.tensor([loss.item() * y.numel(), (logits.argmax(1) == y).sum().item(), y.numel()], dtype=torch.float64)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise ChipPruneError(
+                f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}: training diverged (lower --lr) or the "
+                "data or weights hold non-finite values; nothing of this run was saved after its last checkpoint"
+            )
+        return torch.tensor([value * y.numel(), (logits.argmax(1) == y).sum().item(), y.numel()], dtype=torch.float64)
 
     def evaluate(self, loader: DataLoader) -> dict[str, float]:
         # Every process evaluates process 0's weights and BatchNorm statistics (the ones saved), on the
@@ -279,8 +292,8 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
     """Train ``model`` on ``source``'s training split with ``config``; returns the run's summary.
 
     Writes into ``config.out`` (rank 0 only): ``checkpoint.pt`` after every epoch (atomically),
-    ``metrics.csv`` / ``metrics.json``, ``model.safetensors`` (the selected weights). The caller
-    writes the pruning record and the report beside them.
+    ``metrics.csv`` / ``metrics.json``, ``best.safetensors``; ``model`` ends with the selected weights,
+    which the caller saves with the pruning record and the report (io.pruned.write_pruned_files).
     """
     recipe = config.recipe
     if dist_info.is_main:
@@ -299,8 +312,6 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
         trainer.end_epoch(trainer.train_epoch(epoch, trainer.step if epoch == trainer.epoch else 0))
     trainer.select_best()
     test = trainer.evaluate(data.test)  # NaN when there is no test split
-    if dist_info.is_main:
-        save_state_dict(trainer.model, Path(config.out) / "model.safetensors")
     return FitSummary(
         recipe=asdict(recipe), seed=config.seed, processes=dist_info.world_size, train_images=len(data.train),
         val_images=data.val_images, selected_epoch=trainer.best["epoch"] if data.val is not None else recipe.epochs,

@@ -1,0 +1,92 @@
+"""Training images held in memory as one uint8 tensor on the training device and augmented there a
+batch at a time: CIFAR-size data never goes through PIL or a DataLoader while training.
+
+The augmentation is the one ``make_transform`` gives a 32-pixel model (4-pixel zero padding, random
+crop, horizontal flip, normalisation), drawn per image from a hash of (seed, epoch, index): an
+image's augmentation depends only on those three, whichever process, device or step takes it, so a
+resumed run and a torchrun run see the same batches. Offsets come from integer arithmetic that is
+the same on every device; the crop is one gather for the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ..models.spec import ModelSpec
+from .sources import ArrayDataset, DataSource
+
+__all__ = ["MemoryImages", "memory_images", "MAX_MEMORY_BYTES"]
+
+MAX_MEMORY_BYTES = 4 * 2**30  # larger training sets go through a DataLoader
+_PAD = 4
+# splitmix64's constants, as signed 64-bit integers (torch's int64 arithmetic wraps around).
+_GOLDEN, _MIX1, _MIX2 = -7046029254386353131, -4658895280553007687, -7723592293110705685
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """A 64-bit integer hash (splitmix64's finaliser; arithmetic shifts, the same on every device)."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> 30)) * _MIX1
+    x = (x ^ (x >> 27)) * _MIX2
+    return x ^ (x >> 31)
+
+
+def augmentation_draws(seed: int, epoch: int, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: crop offsets (0..2*pad) in y and x, and whether to flip, from (seed, epoch, index)."""
+    h = _mix(index.long() * 104_729 + (seed * 1_000_003 + epoch * 7_919))
+    h2 = _mix(h)
+    h3 = _mix(h2)
+    span = 2 * _PAD + 1
+    return torch.remainder(h, span), torch.remainder(h2, span), torch.remainder(h3, 2).bool()
+
+
+class MemoryImages:
+    """(N, H, W, 3) uint8 images and their labels on one device, served as normalised batches."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, spec: ModelSpec) -> None:
+        self.images, self.labels = images, labels
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(spec.mean, device=images.device).view(shape) * 255
+        self.std = torch.tensor(spec.std, device=images.device).view(shape) * 255
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: torch.Tensor, *, augment: bool, seed: int = 0, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``index`` as a float (B, 3, H, W) batch, augmented when ``augment``, and their labels."""
+        index = index.to(self.images.device)
+        x = self.images[index].permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
+        if augment:
+            x = self._crop_and_flip(x, index, seed, epoch)
+        return (x.float() - self.mean) / self.std, self.labels[index]
+
+    def _crop_and_flip(self, x: torch.Tensor, index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+        b, _, h, w = x.shape
+        dy, dx, flip = augmentation_draws(seed, epoch, index)
+        padded = torch.nn.functional.pad(x, (_PAD, _PAD, _PAD, _PAD))
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = dx[:, None] + torch.arange(w, device=x.device)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]  # a flip reads the columns backwards
+        batch = torch.arange(b, device=x.device)[:, None, None, None]
+        channel = torch.arange(3, device=x.device)[None, :, None, None]
+        return padded[batch, channel, rows, cols]
+
+    def batches(self, index: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Un-augmented batches of ``index`` in order (validation and test)."""
+        for start in range(0, len(index), batch_size):
+            yield self.batch(index[start : start + batch_size], augment=False)
+
+
+def memory_images(source: DataSource, split: str, spec: ModelSpec, device: torch.device) -> MemoryImages | None:
+    """``split`` of ``source`` in memory on ``device``, when the data is held as an array at the
+    model's own size (the bundled sample, CIFAR-10 batches) and fits ``MAX_MEMORY_BYTES``; else None."""
+    dataset = source.split(split, None)
+    if not isinstance(dataset, ArrayDataset) or spec.image_size > 64:
+        return None
+    images = np.ascontiguousarray(dataset.images)
+    if images.ndim != 4 or images.shape[1:] != (spec.image_size, spec.image_size, 3) or images.nbytes > MAX_MEMORY_BYTES:
+        return None
+    return MemoryImages(torch.from_numpy(images).to(device), torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(device), spec)

@@ -176,6 +176,14 @@ def test_the_search_goes_on_when_the_re_timed_plan_misses_the_budget(tmp_path, m
     assert timed["predicted_ms"] <= 0.7 * timed["original_ms"] * 1.0001
 
 
+def test_a_search_stuck_near_the_original_names_the_timings():
+    groups = [_group("g", 10)]
+    scores = {"g": _scores("g", list(range(10)))}
+    flat = {w: 10.0 - 0.01 * (10 - w) for w in range(1, 11)}  # every width 'takes' about the same time
+    with pytest.raises(ChipPruneError, match="The layer timings barely change with width"):
+        plan_for_latency(groups, scores, TablePredictor({"g": flat}), 5.0)
+
+
 def test_a_plan_predicted_no_faster_after_re_timing_is_called_unreliable_timing(tmp_path):
     from chipprune.planning.latency_search import _confirm_predictions
     from chipprune.planning.plan import Plan

@@ -23,6 +23,7 @@ from .io.atomic import save_tensors, write_json
 from .io.folder import check_writable, claim_folder
 from .io.onnx import export_onnx, onnx_metadata
 from .io.pruned import open_pruned, read_report, save_pruned
+from .io.weights import weights_reference
 from .models.registry import get_model_spec, list_models, load_model
 from .models.spec import ModelSpec
 from .pilot import PilotSettings, run_pilot, sensitivity
@@ -164,6 +165,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     with claim_folder(folder, overwrite=args.overwrite):  # checked and locked before the work, not after
         result = prune(model, spec, request, calibration=_calibration(args), criterion=args.criterion, evaluate_on=not args.no_eval,
                        recalibrate_bn=not args.no_bn_recalibration, device=device, progress=not args.quiet)
+        result.record["original_weights"] = weights_reference(args.weights)  # the teacher, if a fine-tune distils
         save_pruned(result, folder, overwrite=args.overwrite)
     print(prune_summary(result.report, result.record, str(folder), args.verbose))
 
@@ -228,6 +230,7 @@ def _train_config(args: argparse.Namespace, out: Path) -> TrainConfig:
     recipe = recipe_with(
         args.recipe, epochs=args.epochs, batch_size=args.train_batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
     )
     return TrainConfig(
         recipe, out, seed=args.seed, val_fraction=args.val_fraction, amp=not args.no_amp, amp_dtype=args.amp_dtype,
@@ -254,7 +257,7 @@ def _print_training(report: FinetuneReport | None, out: Path) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.folder) / "finetuned"
     report = finetune(args.folder, _folder_data(args.folder, args.data), _train_config(args, out), resolve_device(args.device),
-                      model=args.model)
+                      model=args.model, teacher_weights=args.teacher_weights)
     _print_training(report, out)
 
 
@@ -277,7 +280,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         cmd_prune(args)
     setup_distributed(resolve_device(args.device))
     barrier()
-    report = finetune(root / "pruned", args.data, _train_config(args, root / "finetuned"), resolve_device(args.device), model=args.model)
+    report = finetune(root / "pruned", args.data, _train_config(args, root / "finetuned"), resolve_device(args.device), model=args.model,
+                      teacher_weights=args.teacher_weights)
     _print_training(report, root / "finetuned")
 
 
@@ -363,7 +367,14 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     if standalone:  # 'run' has it from the pruning options
         p.add_argument("--overwrite", action="store_true", help="start over in an output folder that holds an earlier run (default: refuse)")
-    p.add_argument("--limit-train-images", type=integer(1), default=None, help="train on at most this many images (pilots)")
+    p.add_argument("--limit-train-images", type=integer(1), default=None,
+                   help="train on at most this many images, and validate on as many in proportion (few-shot runs, pilots)")
+    p.add_argument("--distill-weight", type=number(0, 1), default=None, metavar="W",
+                   help="learn from the unpruned model too: loss = (1-W) cross-entropy + W T^2 KL(teacher || student) (default: the recipe's)")
+    p.add_argument("--distill-temperature", type=number(0, low_open=True), default=None, metavar="T",
+                   help="softening temperature of the distillation (default: the recipe's, 4)")
+    p.add_argument("--teacher-weights", default=None, metavar="FILE",
+                   help="the unpruned model's weights for distillation (default: those the folder was pruned from, as recorded)")
 
 
 def build_parser() -> argparse.ArgumentParser:

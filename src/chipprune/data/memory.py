@@ -10,13 +10,15 @@ the same on every device; the crop is one gather for the whole batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from ..models.spec import ModelSpec
-from .sources import ArrayDataset, DataSource
+from .sources import ArrayDataset, DataSource, read_image
 
 __all__ = ["MemoryImages", "memory_images", "MAX_MEMORY_BYTES"]
 
@@ -55,17 +57,20 @@ class MemoryImages:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, index: torch.Tensor, *, augment: bool, seed: int = 0, epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images ``index`` as a float (B, 3, H, W) batch, augmented when ``augment``, and their labels."""
+    def batch(self, index: torch.Tensor, *, augment: bool, seed: int = 0, epoch: int = 0,
+              draw_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``index`` as a float (B, 3, H, W) batch, augmented when ``augment``, and their labels.
+        ``draw_index``: the numbers the augmentation is drawn from (default ``index``; a training run
+        numbers its images among the training images, as the loader path does)."""
         index = index.to(self.images.device)
         x = self.images[index].permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
         if augment:
-            x = self._crop_and_flip(x, index, seed, epoch)
+            x = self._crop_and_flip(x, (index if draw_index is None else draw_index).to(x.device), seed, epoch)
         return (x.float() - self.mean) / self.std, self.labels[index]
 
-    def _crop_and_flip(self, x: torch.Tensor, index: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
+    def _crop_and_flip(self, x: torch.Tensor, draws: torch.Tensor, seed: int, epoch: int) -> torch.Tensor:
         b, _, h, w = x.shape
-        dy, dx, flip = augmentation_draws(seed, epoch, index)
+        dy, dx, flip = augmentation_draws(seed, epoch, draws)
         padded = torch.nn.functional.pad(x, (_PAD, _PAD, _PAD, _PAD))
         rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
         cols = dx[:, None] + torch.arange(w, device=x.device)
@@ -81,12 +86,37 @@ class MemoryImages:
 
 
 def memory_images(source: DataSource, split: str, spec: ModelSpec, device: torch.device) -> MemoryImages | None:
-    """``split`` of ``source`` in memory on ``device``, when the data is held as an array at the
-    model's own size (the bundled sample, CIFAR-10 batches) and fits ``MAX_MEMORY_BYTES``; else None."""
+    """``split`` of ``source`` in memory on ``device``, when its images have the model's own size
+    (at most 64 pixels: the bundled sample, CIFAR-10 batches, a CIFAR-size ImageFolder, decoded
+    once) and fit ``MAX_MEMORY_BYTES``; else None (the DataLoader path)."""
+    if spec.image_size > 64:
+        return None
     dataset = source.split(split, None)
-    if not isinstance(dataset, ArrayDataset) or spec.image_size > 64:
+    size = (spec.image_size, spec.image_size, 3)
+    if isinstance(dataset, ArrayDataset):
+        images, labels = np.ascontiguousarray(dataset.images), np.asarray(dataset.labels, dtype=np.int64)
+    elif hasattr(dataset, "samples") and len(dataset.samples) * int(np.prod(size)) <= MAX_MEMORY_BYTES:
+        images = _decode_all([path for path, _ in dataset.samples], size)
+        labels = np.asarray([label for _, label in dataset.samples], dtype=np.int64)
+    else:
         return None
-    images = np.ascontiguousarray(dataset.images)
-    if images.ndim != 4 or images.shape[1:] != (spec.image_size, spec.image_size, 3) or images.nbytes > MAX_MEMORY_BYTES:
+    if images is None or images.ndim != 4 or images.shape[1:] != size or images.nbytes > MAX_MEMORY_BYTES:
         return None
-    return MemoryImages(torch.from_numpy(images).to(device), torch.from_numpy(np.asarray(dataset.labels, dtype=np.int64)).to(device), spec)
+    return MemoryImages(torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device), spec)
+
+
+def _decode_all(paths: list[str], size: tuple[int, int, int]) -> np.ndarray | None:
+    """Every image as one uint8 array, or None as soon as one has another size. PIL decodes
+    outside Python's lock, so threads share the work."""
+    out = np.empty((len(paths), *size), dtype=np.uint8)
+
+    def decode(i: int) -> bool:
+        image = np.asarray(read_image(paths[i]))
+        if image.shape != size:
+            return False
+        out[i] = image
+        return True
+
+    workers = max(1, min(8, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        return out if all(pool.map(decode, range(len(paths)))) else None

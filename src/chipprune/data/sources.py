@@ -27,7 +27,7 @@ from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
 from .transforms import make_loader, make_transform
 
-__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "BUNDLED"]
+__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "read_image", "BUNDLED"]
 
 BUNDLED = "bundled"
 
@@ -126,7 +126,7 @@ def _cifar_root(root: Path) -> DataSource:
 # --- ImageFolder trees --------------------------------------------------------------------------
 
 
-def _read_image(path: str) -> Image.Image:
+def read_image(path: str) -> Image.Image:
     # Grey-scale, palette, RGBA and 16-bit images are converted; a file PIL cannot read, or one that
     # claims more pixels than PIL's safety limit, gets a clear error.
     try:
@@ -194,7 +194,7 @@ def _image_folder(root: Path) -> DataSource:
     def build(split: str, transform: Callable) -> Dataset:
         folder = train_dir if split == "train" else test_dir
         try:
-            return _ImageFolder(str(folder), transform=transform, loader=_read_image)
+            return _ImageFolder(str(folder), transform=transform, loader=read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise ChipPruneError(f"cannot read images under {folder}: {exc}") from None
 

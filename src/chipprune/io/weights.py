@@ -18,8 +18,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import ChipPruneError
+from .folder import file_sha256
 
-__all__ = ["read_state_dict", "load_weights", "pickled_code"]
+__all__ = ["read_state_dict", "load_weights", "pickled_code", "weights_reference"]
 
 _NESTED_KEYS = ("state_dict", "model", "model_state_dict", "net")
 
@@ -99,3 +100,12 @@ def load_weights(model: nn.Module, path: str | Path, *, advice: str = "Check tha
     state._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
     model.load_state_dict(state)
     return model
+
+
+def weights_reference(weights: str | None) -> dict[str, str | None]:
+    """How a run records the weights it started from: 'bundled', 'none', or a file's absolute path
+    with its SHA-256 (so that a later run, such as distillation from the original, finds the same file)."""
+    if weights is None or weights in ("bundled", "none"):
+        return {"path": weights or "none", "sha256": None}
+    path = Path(weights).resolve()
+    return {"path": str(path), "sha256": file_sha256(path) if path.is_file() else None}

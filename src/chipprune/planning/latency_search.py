@@ -39,6 +39,9 @@ __all__ = [
     "plan_for_latency", "plan_for_latency_budget",
 ]
 
+RETIMED_SEARCHES = 3  # searches at most, each followed by timing the plan's layers again
+FLAT_TIMINGS = 0.9  # a search stuck above this fraction of the original: the layer timings say little about widths
+
 
 class LatencyPredictor(Protocol):
     """What the search needs from a latency model: LatencyModel (milliseconds at one batch size),
@@ -172,11 +175,14 @@ def plan_for_latency(
         if best is None:  # nothing in the windows saves time: look at every smaller width
             best = _best_move(prunable, keep, widths, mass, predictor, None)
         if best is None:
+            # Layer timings that hardly change with width are what a swamped machine gives.
+            flat = " The layer timings barely change with width, which means other work swamps the timings: rerun on a " \
+                "quieter machine." if predicted > FLAT_TIMINGS * start else ""
             raise ChipPruneError(
                 f"the latency target ({target / start:.1%} of the original) cannot be reached: with no group "
                 f"pruned by more than {max_ratio:.0%} (residual streams {max_shared_ratio:.0%}), the best predicted is "
                 f"{predicted / start:.1%} (the rest is in layers that are not pruned, or in widths that are "
-                "no faster); a larger --max-shared-ratio lets residual streams go further, at a cost in accuracy"
+                f"no faster); a larger --max-shared-ratio lets residual streams go further, at a cost in accuracy.{flat}"
             )
         _, name, width, saved, cost = best
         plan.steps.append(f"{name}: {keep[name]} -> {width} channels, saves {saved:.4g}, cost {cost:.4g}")
@@ -187,9 +193,6 @@ def plan_for_latency(
     bar.close()
     plan.keep, plan.predicted = keep, predicted
     return plan
-
-
-RETIMED_SEARCHES = 3  # searches at most, each followed by timing the plan's layers again
 
 
 def _best_move(groups, keep, widths, mass, predictor, window):
@@ -265,6 +268,7 @@ def plan_for_latency_budget(
             for m in models:
                 m.refresh(full)
                 m.refresh(found.keep)
+                _check_faster(m, full, found.keep)
             goal = value if kind == "ms" else value * predictor.predict(full)
             if predictor.predict(found.keep) <= goal:
                 break
@@ -280,18 +284,24 @@ def plan_for_latency_budget(
     return plan
 
 
+def _check_faster(m: LatencyModel, full: dict[str, int], keep: Mapping[str, int]) -> None:
+    """A plan timed again and predicted no faster than the original: the timings cannot be trusted."""
+    before, after = m.predict(full), m.predict(keep)
+    if after >= before:
+        raise ChipPruneError(
+            f"latency timings on this machine are unreliable: timed again, the plan is predicted at {after:.2f} ms against "
+            f"{before:.2f} ms for the unpruned model at batch {m.batch_size} (the load on the machine moved while timing). "
+            "Rerun with --retime on a quieter machine, or give a MAC budget (--target-macs) instead"
+        )
+
+
 def _confirm_predictions(plan: Plan, models: list[LatencyModel], full: dict[str, int], table: LatencyTable) -> None:
     """Record the predictions for the original and the plan (both timed again after the search). A
     plan then predicted no faster than the original means the timings cannot be trusted: an error
     that says so, not a plan."""
     for m in models:
+        _check_faster(m, full, plan.keep)
         before, after = m.predict(full), m.predict(plan.keep)
-        if after >= before:
-            raise ChipPruneError(
-                f"latency timings on this machine are unreliable: timed again, the plan is predicted at {after:.2f} ms against "
-                f"{before:.2f} ms for the unpruned model at batch {m.batch_size} (the load on the machine moved while timing). "
-                "Rerun with --retime on a quieter machine, or give a MAC budget (--target-macs) instead"
-            )
         plan.latency[str(m.batch_size)] = {"original_ms": before, "predicted_ms": after, "measured_original_ms": m.original}
         plan.notes.append(f"batch {m.batch_size}: predicted {before / after:.2f}x faster ({after:.2f} of {before:.2f} ms at the "
                           f"latency table's reference speed; {table.measured} layer timings taken, table {table.path})")

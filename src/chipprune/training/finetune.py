@@ -17,7 +17,8 @@ import torch
 from ..data.sources import data_location, open_data
 from ..evaluation.latency import compare_models
 from ..evaluation.metrics import count_macs, count_params
-from ..io.folder import claim_folder
+from ..errors import ChipPruneError
+from ..io.folder import claim_folder, file_sha256
 from ..io.pruned import open_pruned, pruning_record, read_report, write_pruned_files
 from ..models.registry import load_model
 from ..models.spec import ModelSpec
@@ -26,25 +27,28 @@ from ..results import FinetuneReport
 from ..runtime import Dist, setup_distributed
 from .loop import TrainConfig, fit
 
-__all__ = ["finetune", "train_from_scratch"]
+__all__ = ["finetune", "train_from_scratch", "load_teacher"]
 
 
 def finetune(
-    folder: str | Path, data: str | Path | None, config: TrainConfig, device: torch.device, *, model: str | None = None
+    folder: str | Path, data: str | Path | None, config: TrainConfig, device: torch.device, *, model: str | None = None,
+    teacher_weights: str | None = None,
 ) -> FinetuneReport | None:
     """Fine-tune the pruned model in ``folder`` on ``data``; returns the report (None on ranks > 0).
-    ``model``: see ``load_pruned`` (needed for a ``package.module:function`` model)."""
+    ``model``: see ``load_pruned`` (needed for a ``package.module:function`` model). With a recipe that
+    distils, the teacher is the unpruned model: ``teacher_weights``, or the weights the folder records."""
     dist_info = setup_distributed(device)
     net, record, spec = open_pruned(folder, model=model)
+    teacher = load_teacher(folder, record, teacher_weights) if config.recipe.distill_weight > 0 else None
     # A checkpoint of other weights (the folder was pruned again since) must not be resumed.
     config = replace(config, source_weights=record.get("weights_sha256"))
     with _output(config, dist_info):
-        return _finetune(folder, net, record, spec, data, config, dist_info)
+        return _finetune(folder, net, record, spec, data, config, dist_info, teacher)
 
 
 def _finetune(folder: str | Path, net: torch.nn.Module, record: dict, spec: ModelSpec, data: str | Path | None, config: TrainConfig,
-              dist_info: Dist) -> FinetuneReport | None:
-    summary = fit(net, spec, open_data(data), config, dist_info)
+              dist_info: Dist, teacher: torch.nn.Module | None) -> FinetuneReport | None:
+    summary = fit(net, spec, open_data(data), config, dist_info, teacher)
     if not dist_info.is_main:
         return None
     pruned = read_report(folder)  # what the pruning run measured
@@ -61,6 +65,22 @@ def _finetune(folder: str | Path, net: torch.nn.Module, record: dict, spec: Mode
     )
     write_report(Path(config.out), report, write_pruned_files(Path(config.out), net, record))
     return report
+
+
+def load_teacher(folder: str | Path, record: dict, weights: str | None = None) -> torch.nn.Module:
+    """The unpruned model ``folder`` was pruned from, to teach the pruned one: built afresh with
+    ``weights``, or with the weights the folder records (checked to be the same file by its digest)."""
+    recorded = record.get("original_weights") or {}
+    source = weights or recorded.get("path")
+    if source is None:
+        raise ChipPruneError(f"distillation needs the unpruned model, and {folder} does not record the weights it was pruned from "
+                             "(pruned by an older chipprune, or from Python); give --teacher-weights FILE")
+    if source == "none":
+        raise ChipPruneError(f"{folder} was pruned from a randomly initialised model, which cannot teach; give --teacher-weights FILE")
+    if weights is None and recorded.get("sha256") and (not Path(source).is_file() or file_sha256(source) != recorded["sha256"]):
+        raise ChipPruneError(f"the weights {folder} was pruned from ({source}) are gone or have changed since; give --teacher-weights FILE")
+    teacher, _ = load_model(record["model"], source, record.get("num_classes"), record.get("image_size"))
+    return teacher
 
 
 def train_from_scratch(

@@ -11,11 +11,11 @@ uninterrupted run exactly, and N processes under torchrun see the same augmented
 
 from __future__ import annotations
 
+import copy
 import math
-
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 from tqdm.auto import tqdm
 
 from ..data.sources import DataSource
-from ..data.transforms import SeededAugmentation, make_transform
 from ..errors import ChipPruneError
 from ..evaluation.metrics import check_labels, evaluate
 from ..io.atomic import save_state_dict
@@ -35,6 +33,7 @@ from ..io.weights import load_weights
 from ..models.spec import ModelSpec
 from ..results import FitSummary
 from ..runtime import Dist, all_reduce_sum, autocast, broadcast_module
+from .batches import RunData, split_data
 from .checkpoint import check_resumable, read_checkpoint, write_checkpoint, write_metrics
 from .recipes import Recipe, build_scheduler
 
@@ -64,68 +63,23 @@ class TrainConfig:
         return torch.float16 if self.amp_dtype == "fp16" else torch.bfloat16
 
 
-class _FromPosition(Sampler):
-    """The sampler's order, starting at position ``start`` (to resume inside an epoch)."""
-
-    def __init__(self, base: DistributedSampler, start: int = 0) -> None:
-        self.base, self.start = base, start
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.base)[self.start :])
-
-    def __len__(self) -> int:
-        return max(0, len(self.base) - self.start)
+LOG_EVERY = 50  # on a GPU, steps between progress updates (each waits for the device)
 
 
 def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 10_007 + step * 101 + rank) % (2**63)
 
 
-@dataclass
-class _Data:
-    """The splits of one training run: augmented training images, validation and test loaders."""
-
-    train: SeededAugmentation
-    sampler: DistributedSampler
-    per_rank_batch: int
-    steps_per_epoch: int
-    val: DataLoader | None
-    val_images: int
-    test: DataLoader
-
-
-def _eval_loader(dataset: Dataset, dist_info: Dist) -> DataLoader:
-    # Each process takes every world_size-th image: unlike DistributedSampler, no image is
-    # repeated to even out the shares, so none counts twice.
-    if dist_info.enabled:
-        dataset = Subset(dataset, range(dist_info.rank, len(dataset), dist_info.world_size))
-    return DataLoader(dataset, batch_size=256)
-
-
-def _split_data(spec: ModelSpec, source: DataSource, config: TrainConfig, dist_info: Dist) -> _Data:
-    """Training images minus a seeded validation share (and at most ``limit_train_images``), the test split."""
-    recipe = config.recipe
-    if recipe.batch_size % dist_info.world_size:
-        raise ChipPruneError(f"batch size {recipe.batch_size} must be divisible by the {dist_info.world_size} processes")
-    train_aug = source.split("train", make_transform(spec, True, source.image_size))
-    train_plain = source.split("train", make_transform(spec, False, source.image_size))
-    order = torch.randperm(len(train_aug), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    n_val = int(len(order) * config.val_fraction)
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if config.limit_train_images:  # a few-shot run: validation in proportion (it costs as much per image)
-        train_idx = train_idx[: config.limit_train_images]
-        n_val = min(n_val, max(1, round(config.limit_train_images * config.val_fraction))) if n_val else 0
-        val_idx = val_idx[:n_val]
-    if len(train_idx) < recipe.batch_size:
-        raise ChipPruneError(f"{len(train_idx)} training images are fewer than one batch of {recipe.batch_size}; lower --train-batch-size")
-    train = SeededAugmentation(Subset(train_aug, train_idx), config.seed)
-    sampler = DistributedSampler(train, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=config.seed, drop_last=True)
-    per_rank_batch = recipe.batch_size // dist_info.world_size
-    return _Data(
-        train, sampler, per_rank_batch, len(sampler) // per_rank_batch,
-        _eval_loader(Subset(train_plain, val_idx), dist_info) if n_val else None, n_val,
-        _eval_loader(source.split("test", make_transform(spec, False, source.image_size)), dist_info),
-    )
+def _prepare_teacher(teacher: nn.Module | None, device: torch.device) -> nn.Module | None:
+    """The teacher in inference form on ``device`` (a copy: the caller's model is left as it is)."""
+    if teacher is None:
+        return None
+    teacher = copy.deepcopy(teacher).to(device).eval()
+    if device.type == "cuda":
+        teacher = teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
@@ -141,7 +95,7 @@ def _optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.SGD:
 class _Trainer:
     """The state of one training run: model, optimiser, schedule, history, best epoch; and its steps."""
 
-    def __init__(self, model: nn.Module, data: _Data, config: TrainConfig, dist_info: Dist) -> None:
+    def __init__(self, model: nn.Module, data: RunData, config: TrainConfig, dist_info: Dist, teacher: nn.Module | None = None) -> None:
         recipe, device = config.recipe, dist_info.device
         self.config, self.dist, self.data, self.device = config, dist_info, data, device
         self.out = Path(config.out)
@@ -151,9 +105,12 @@ class _Trainer:
         self.net: nn.Module = (
             DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None) if dist_info.enabled else self.model
         )
+        self.teacher = _prepare_teacher(teacher, device) if recipe.distill_weight > 0 else None
+        if recipe.distill_weight > 0 and self.teacher is None:
+            raise ChipPruneError("distillation (distill_weight > 0) needs the original model as the teacher")
         self.optimizer = _optimizer(self.model, recipe)
-        total_steps = data.steps_per_epoch * recipe.epochs
-        self.scheduler = build_scheduler(self.optimizer, total_steps, int(round(recipe.warmup_epochs * data.steps_per_epoch)))
+        steps = data.train.steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, steps * recipe.epochs, int(round(recipe.warmup_epochs * steps)))
         # fp16 needs loss scaling against underflow; bf16 has float32's range and does not.
         self.scaler = torch.amp.GradScaler(device.type, enabled=config.amp and config.amp_dtype == "fp16" and device.type == "cuda")
         self.loss = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -207,26 +164,27 @@ class _Trainer:
 
     def train_epoch(self, epoch: int, first: int) -> dict[str, Any]:
         """Steps ``first``.. of ``epoch``; the epoch's training loss and accuracy over all processes."""
-        data, config = self.data, self.config
-        data.sampler.set_epoch(epoch)
-        data.train.epoch = epoch
-        loader = DataLoader(data.train, batch_size=data.per_rank_batch, sampler=_FromPosition(data.sampler, first * data.per_rank_batch),
-                            drop_last=True)
+        train, config = self.data.train, self.config
         self.net.train()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+        # Running sums stay on the device: nothing waits for the device until a progress update
+        # (every step on the CPU, where waiting costs nothing; every LOG_EVERY steps on a GPU).
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss * n, correct, n
         if first and self.dist.is_main and self.resumed_sums is not None:
-            sums += self.resumed_sums  # the steps of this epoch before the interruption (all processes')
-        iterator = iter(loader)
-        bar = tqdm(range(first, data.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.recipe.epochs}",
+            sums += self.resumed_sums.to(self.device)  # the steps of this epoch before the interruption (all processes')
+        batches = train.epoch(epoch, first)
+        bar = tqdm(range(first, train.steps_per_epoch), desc=f"epoch {epoch + 1}/{config.recipe.epochs}",
                    disable=not (config.progress and self.dist.is_main), unit="step")
+        every = 1 if self.device.type == "cpu" else LOG_EVERY
         started = time.perf_counter()
         for step in bar:
-            sums += self.train_step(epoch, step, iterator)
-            bar.set_postfix(loss=f"{sums[0] / sums[2]:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-            if config.checkpoint_every_steps and (epoch * data.steps_per_epoch + step + 1) % config.checkpoint_every_steps == 0:
+            sums += self.train_step(epoch, step, batches)
+            if (step + 1) % every == 0 or step + 1 == train.steps_per_epoch:
+                self._check_loss(sums, epoch, step)
+                bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if config.checkpoint_every_steps and (epoch * train.steps_per_epoch + step + 1) % config.checkpoint_every_steps == 0:
                 # The epoch's training loss and accuracy so far, over all processes, survive a resume too.
-                self.save_checkpoint(epoch, step + 1, all_reduce_sum(sums.clone().to(self.device)).cpu())  # a copy: sums stays this process's
-        sums = all_reduce_sum(sums.to(self.device)).cpu()
+                self.save_checkpoint(epoch, step + 1, all_reduce_sum(sums.clone()).cpu())  # a copy: sums stays this process's
+        sums = all_reduce_sum(sums).cpu()
         return {
             "epoch": epoch + 1,
             "train_loss": float(sums[0] / sums[2].clamp_min(1)),
@@ -235,31 +193,52 @@ class _Trainer:
             "seconds": round(time.perf_counter() - started, 2),
         }
 
+    @staticmethod
+    def _check_loss(sums: torch.Tensor, epoch: int, step: int) -> None:
+        value = float(sums[0])
+        if not math.isfinite(value):
+            raise ChipPruneError(
+                f"the training loss became {value} in epoch {epoch + 1} (by step {step + 1}): training diverged (lower --lr) or "
+                "the data or weights hold non-finite values; nothing of this run was saved after its last checkpoint"
+            )
+
     def train_step(self, epoch: int, step: int, batches: Iterator) -> torch.Tensor:
-        """One optimiser step on the next batch; (loss * n, correct, n) of the batch."""
+        """One optimiser step on the next batch; (loss * n, correct, n) of the batch, on the device."""
         torch.manual_seed(_step_seed(self.config.seed, epoch, step, self.dist.rank))
         images, labels = next(batches)
+        # The labels' largest value, without waiting for the device: the CPU copy (loader path), or
+        # the value found once for all the training images (memory path).
+        known = self.data.train.max_label
+        largest = labels if known is None else torch.tensor([known])
         x, y = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.config.autocast_dtype):
             logits = self.net(x)
-            check_labels(logits.shape[1], labels)  # on the CPU copy: no device sync
+            check_labels(logits.shape[1], largest)
             loss = self.loss(logits.float(), y)
+            if self.teacher is not None:
+                loss = self._with_distillation(loss, logits, x)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise ChipPruneError(
-                f"the training loss became {value} at epoch {epoch + 1}, step {step + 1}: training diverged (lower --lr) or the "
-                "data or weights hold non-finite values; nothing of this run was saved after its last checkpoint"
-            )
-        return torch.tensor([value * y.numel(), (logits.argmax(1) == y).sum().item(), y.numel()], dtype=torch.float64)
+        return torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) == y).sum().double(),
+                            torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)])
 
-    def evaluate(self, loader: DataLoader) -> dict[str, float]:
+    def _with_distillation(self, loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(1 - a) * cross-entropy + a * T^2 * KL(teacher || student) on temperature-softened logits
+        (Hinton et al.; T^2 keeps the gradients' scale as T changes)."""
+        recipe = self.config.recipe
+        with torch.no_grad():
+            teacher = self.teacher(x).float()
+        t = recipe.distill_temperature
+        kl = torch.nn.functional.kl_div(torch.log_softmax(logits.float() / t, 1), torch.log_softmax(teacher / t, 1),
+                                        reduction="batchmean", log_target=True)
+        return (1 - recipe.distill_weight) * loss + recipe.distill_weight * t * t * kl
+
+    def evaluate(self, loader: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
         # Every process evaluates process 0's weights and BatchNorm statistics (the ones saved), on the
         # unwrapped model: DDP's forward would expect every process to run as many batches.
         broadcast_module(self.model)
@@ -288,8 +267,10 @@ class _Trainer:
                 load_weights(self.model, self.out / "best.safetensors")
 
 
-def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConfig, dist_info: Dist) -> FitSummary:
+def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConfig, dist_info: Dist,
+        teacher: nn.Module | None = None) -> FitSummary:
     """Train ``model`` on ``source``'s training split with ``config``; returns the run's summary.
+    ``teacher``: the model that teaches by distillation when the recipe's ``distill_weight`` > 0.
 
     Writes into ``config.out`` (rank 0 only): ``checkpoint.pt`` after every epoch (atomically),
     ``metrics.csv`` / ``metrics.json``, ``best.safetensors``; ``model`` ends with the selected weights,
@@ -303,8 +284,8 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
             f"the {recipe.name} recipe warms up for {recipe.warmup_epochs:g} epochs, and only {recipe.epochs} were asked for: "
             "the learning rate never reaches its peak; set --warmup-epochs below --epochs"
         )
-    data = _split_data(spec, source, config, dist_info)
-    trainer = _Trainer(model, data, config, dist_info)
+    data = split_data(spec, source, config.seed, recipe.batch_size, config.val_fraction, config.limit_train_images, dist_info)
+    trainer = _Trainer(model, data, config, dist_info, teacher)
     if config.resume:
         trainer.resume()
     started = time.perf_counter()

@@ -24,6 +24,10 @@ class Recipe:
     weight_decay: float
     warmup_epochs: float
     label_smoothing: float = 0.0
+    # Knowledge distillation from the unpruned model: the loss is (1 - w) * cross-entropy
+    # + w * T^2 * KL(teacher || student) at temperature T; w = 0 trains on the labels alone.
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
 
 
 # The CHIP paper's fine-tuning recipes (GUIDE.md section 1).

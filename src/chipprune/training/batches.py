@@ -1,0 +1,172 @@
+"""The data of one training run: the augmented training batches of each epoch, and the validation
+and test batches.
+
+Two paths, one contract (the order of an epoch comes from (seed, epoch); an image's augmentation
+from (seed, epoch, its index among the training images)):
+
+- in memory: data held as an array at the model's size (the bundled sample, CIFAR-10) sits on the
+  training device as uint8 and is augmented there a batch at a time (data/memory.py); no PIL, no
+  DataLoader, no copies per step;
+- loader: anything else goes through a DataLoader with worker processes (one per core, up to 8),
+  pinned memory on CUDA, each image augmented by PIL transforms under a seeded generator.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
+
+from ..data.memory import MemoryImages, memory_images
+from ..data.sources import DataSource
+from ..data.transforms import SeededAugmentation, make_transform
+from ..errors import ChipPruneError
+from ..models.spec import ModelSpec
+from ..runtime import Dist
+
+__all__ = ["RunData", "split_data", "loader_workers"]
+
+_EVAL_BATCH = 256
+
+
+def loader_workers() -> int:
+    """DataLoader workers for the loader path: one per core this process may use, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores))
+
+
+class _FromPosition(Sampler):
+    """The sampler's order, starting at position ``start`` (to resume inside an epoch)."""
+
+    def __init__(self, base: DistributedSampler, start: int = 0) -> None:
+        self.base, self.start = base, start
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self.base)[self.start :])
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.start)
+
+
+class _TrainBatches:
+    """The training images of one process: ``epoch(e, first)`` gives the batches of steps first.. of epoch e."""
+
+    def __init__(self, count: int, config_seed: int, per_rank_batch: int, dist_info: Dist) -> None:
+        self.seed, self.per_rank_batch = config_seed, per_rank_batch
+        # DistributedSampler only needs the length: it draws (seed, epoch)-seeded orders of range(count).
+        self.sampler = DistributedSampler(range(count), num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
+                                          seed=config_seed, drop_last=True)
+        self.images = count
+        self.steps_per_epoch = len(self.sampler) // per_rank_batch
+        self.max_label: int | None = None  # known up front (memory path): labels need no check per batch
+
+    def __len__(self) -> int:
+        return self.images
+
+    def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+
+class _LoaderBatches(_TrainBatches):
+    def __init__(self, dataset: SeededAugmentation, config_seed: int, per_rank_batch: int, dist_info: Dist, device: torch.device) -> None:
+        super().__init__(len(dataset), config_seed, per_rank_batch, dist_info)
+        self.dataset, self.device = dataset, device
+
+    def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        self.dataset.epoch = epoch
+        workers = loader_workers()
+        loader = DataLoader(self.dataset, batch_size=self.per_rank_batch, sampler=_FromPosition(self.sampler, first * self.per_rank_batch),
+                            drop_last=True, num_workers=workers, pin_memory=self.device.type == "cuda",
+                            prefetch_factor=4 if workers else None)
+        return iter(loader)
+
+
+class _MemoryBatches(_TrainBatches):
+    def __init__(self, memory: MemoryImages, index: torch.Tensor, config_seed: int, per_rank_batch: int, dist_info: Dist) -> None:
+        super().__init__(len(index), config_seed, per_rank_batch, dist_info)
+        self.memory, self.index = memory, index.to(memory.images.device)
+        self.max_label = int(memory.labels[self.index].max()) if len(index) else -1
+
+    def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.index.device)
+        b = self.per_rank_batch
+        for step in range(first, self.steps_per_epoch):
+            position = order[step * b : (step + 1) * b]  # positions among the training images: the augmentation's index
+            images, labels = self.memory.batch(self.index[position], augment=True, seed=self.seed, epoch=epoch, draw_index=position)
+            yield images, labels
+
+
+class _MemoryEval:
+    """Un-augmented batches of some images held in memory; iterable again and again."""
+
+    def __init__(self, memory: MemoryImages, index: torch.Tensor) -> None:
+        self.memory, self.index = memory, index.to(memory.images.device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.memory.batches(self.index, _EVAL_BATCH)
+
+
+@dataclass
+class RunData:
+    """The splits of one training run."""
+
+    train: _TrainBatches
+    val: Iterable[tuple[torch.Tensor, torch.Tensor]] | None
+    val_images: int
+    test: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    in_memory: bool
+
+
+def _share(index: list[int], dist_info: Dist) -> list[int]:
+    # Each process evaluates every world_size-th image: unlike DistributedSampler, no image is
+    # repeated to even out the shares, so none counts twice.
+    return index[dist_info.rank :: dist_info.world_size] if dist_info.enabled else index
+
+
+def _loader(dataset: Dataset, index: list[int]) -> DataLoader:
+    return DataLoader(Subset(dataset, index), batch_size=_EVAL_BATCH)
+
+
+def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, val_fraction: float, limit: int | None,
+               dist_info: Dist) -> RunData:
+    """Training images minus a seeded validation share (and at most ``limit`` training images, with
+    validation in proportion), and the test split; in memory when the data allows."""
+    if batch_size % dist_info.world_size:
+        raise ChipPruneError(f"batch size {batch_size} must be divisible by the {dist_info.world_size} processes")
+    device = dist_info.device
+    memory = memory_images(source, "train", spec, device)
+    plain = None if memory is not None else source.split("train", make_transform(spec, False, source.image_size))
+    count = len(memory) if memory is not None else len(plain)
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = int(len(order) * val_fraction)
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if limit:  # a few-shot run: validation in proportion (it costs as much per image)
+        train_idx = train_idx[:limit]
+        n_val = min(n_val, max(1, round(limit * val_fraction))) if n_val else 0
+        val_idx = val_idx[:n_val]
+    if len(train_idx) < batch_size:
+        raise ChipPruneError(f"{len(train_idx)} training images are fewer than one batch of {batch_size}; lower --train-batch-size")
+    per_rank = batch_size // dist_info.world_size
+    if memory is not None:
+        test = memory_images(source, "test", spec, device)
+        return RunData(
+            _MemoryBatches(memory, torch.tensor(train_idx), seed, per_rank, dist_info),
+            _MemoryEval(memory, torch.tensor(_share(val_idx, dist_info), dtype=torch.long)) if n_val else None, n_val,
+            _MemoryEval(test, torch.tensor(_share(list(range(len(test))), dist_info), dtype=torch.long)) if test is not None
+            else _test_loader(spec, source, dist_info), True,
+        )
+    augmented = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, source.image_size)), train_idx), seed)
+    return RunData(
+        _LoaderBatches(augmented, seed, per_rank, dist_info, device),
+        _loader(plain, _share(val_idx, dist_info)) if n_val else None, n_val, _test_loader(spec, source, dist_info), False,
+    )
+
+
+def _test_loader(spec: ModelSpec, source: DataSource, dist_info: Dist) -> DataLoader:
+    test_set = source.split("test", make_transform(spec, False, source.image_size))
+    return _loader(test_set, _share(list(range(len(test_set))), dist_info))

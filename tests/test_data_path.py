@@ -1,0 +1,108 @@
+"""The in-memory data path augments as the PIL path does, draws each image's augmentation from
+(seed, epoch, index) alone, and trains; distillation learns from the recorded original model."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+import chipprune
+from chipprune import ChipPruneError
+from chipprune.data import open_data
+from chipprune.data.memory import MemoryImages, augmentation_draws, memory_images
+from conftest import run_cli
+
+
+def _memory(images: np.ndarray) -> MemoryImages:
+    spec = chipprune.get_model_spec("cifar_resnet20")
+    return MemoryImages(torch.from_numpy(images), torch.zeros(len(images), dtype=torch.long), spec)
+
+
+def test_a_batch_is_cropped_flipped_and_normalised_like_torchvision():
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    memory = _memory(images)
+    index = torch.arange(16)
+    got, _ = memory.batch(index, augment=True, seed=3, epoch=2)
+    dy, dx, flip = augmentation_draws(3, 2, index)
+    spec = chipprune.get_model_spec("cifar_resnet20")
+    for i in range(16):
+        x = TF.pad(torch.from_numpy(images[i]).permute(2, 0, 1), [4])
+        x = TF.crop(x, int(dy[i]), int(dx[i]), 32, 32)
+        x = TF.hflip(x) if flip[i] else x
+        expected = TF.normalize(x.float() / 255, spec.mean, spec.std)
+        assert torch.allclose(got[i], expected, atol=1e-5)
+    assert 0 < int(flip.sum()) < 16 and len(set(dy.tolist())) > 3  # the draws vary
+
+
+def test_an_images_augmentation_depends_only_on_seed_epoch_and_index():
+    images = np.random.default_rng(1).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    memory = _memory(images)
+    alone, _ = memory.batch(torch.tensor([5]), augment=True, seed=1, epoch=4)
+    among, _ = memory.batch(torch.tensor([2, 5, 7]), augment=True, seed=1, epoch=4)
+    assert torch.equal(alone[0], among[1])
+    other_epoch, _ = memory.batch(torch.arange(8), augment=True, seed=1, epoch=5)
+    same_epoch, _ = memory.batch(torch.arange(8), augment=True, seed=1, epoch=4)
+    assert not torch.equal(other_epoch, same_epoch)
+    plain, _ = memory.batch(torch.arange(8), augment=False)
+    spec = chipprune.get_model_spec("cifar_resnet20")
+    assert torch.allclose(plain[3], TF.normalize(torch.from_numpy(images[3]).permute(2, 0, 1).float() / 255, spec.mean, spec.std), atol=1e-5)
+
+
+def test_cifar_size_data_is_held_in_memory_and_large_images_are_not(tmp_path):
+    from PIL import Image
+
+    spec = chipprune.get_model_spec("cifar_resnet20")
+    assert memory_images(open_data("bundled"), "train", spec, torch.device("cpu")) is not None
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i, size in enumerate((32, 32, 40)):
+            Image.fromarray(np.full((size, size, 3), i, dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
+    assert memory_images(open_data(tmp_path), "train", spec, torch.device("cpu")) is None  # one image of another size
+    (tmp_path / "train" / "a" / "2.png").unlink()
+    held = memory_images(open_data(tmp_path), "train", spec, torch.device("cpu"))
+    assert held is not None and held.images.shape == (2, 32, 32, 3) and int(held.images[1].max()) == 1
+    assert memory_images(open_data("bundled"), "train", chipprune.get_model_spec("resnet18"), torch.device("cpu")) is None
+
+
+@pytest.fixture(scope="module")
+def pruned_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kd") / "p"
+    assert run_cli(["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.5", "--criterion", "l1",
+                    "--no-eval", "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_distillation_needs_a_teacher_and_finds_the_recorded_one(tmp_path, pruned_folder, capsys):
+    folder = tmp_path / "p"
+    shutil.copytree(pruned_folder, folder)
+    args = ["finetune", str(folder), "--epochs", "1", "--limit-train-images", "32", "--train-batch-size", "16", "--val-fraction", "0",
+            "--warmup-epochs", "0", "--distill-weight", "0.5", "--quiet"]
+    assert run_cli(args + ["--out", str(tmp_path / "a")]) == 2  # pruned from random weights: nothing to learn from
+    assert "randomly initialised model, which cannot teach" in capsys.readouterr().err
+    teacher = tmp_path / "teacher.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(chipprune.load_model("cifar_resnet20", None)[0].state_dict(), str(teacher))
+    assert run_cli(args + ["--out", str(tmp_path / "b"), "--teacher-weights", str(teacher)]) == 0
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert report["finetune"]["recipe"]["distill_weight"] == 0.5
+
+
+def test_distillation_from_an_identical_teacher_adds_nothing_to_the_loss():
+    from chipprune.runtime import Dist
+    from chipprune.training.batches import split_data
+    from chipprune.training.loop import TrainConfig, _Trainer
+    from chipprune.training.recipes import recipe_with
+
+    model, spec = chipprune.load_model("cifar_resnet20", None)
+    model.eval()  # BatchNorm in eval mode in both: the same outputs
+    data = split_data(spec, open_data("bundled"), 0, 16, 0.0, 32, Dist())
+    trainer = _Trainer(model, data, TrainConfig(recipe_with("chip-cifar", distill_weight=1.0, batch_size=16), "unused"), Dist(), model)
+    x = torch.randn(4, 3, 32, 32)
+    logits = model(x)
+    assert float(trainer._with_distillation(torch.tensor(0.0), logits, x)) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ChipPruneError, match="needs the original model"):
+        _Trainer(model, data, TrainConfig(recipe_with("chip-cifar", distill_weight=0.5, batch_size=16), "unused"), Dist(), None)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 # One math thread per test process (subprocesses, CLI runs and torchrun, inherit it). The tests run
 # many small ops, where a second thread costs more than it gives: with torch's default (a thread per
-# core) a selection of them took 1.5x as long, idle and beside two busy processes alike
+# core) a selection of them took about 1.5x as long beside one and beside three busy processes
 # (bench/busy_neighbours.py, docs/busy_neighbours.txt; that bench alone sets CHIPPRUNE_BENCH_THREADS).
 PIN_ONE_THREAD = os.environ.get("CHIPPRUNE_BENCH_THREADS") != "default"
 if PIN_ONE_THREAD:

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,15 @@ def test_errors_print_no_traceback_from_the_console_entry():
     assert proc.returncode == 2
     assert proc.stderr.startswith("chipprune: error: sparsity '[0.4]*2' has 2 entries")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(example, "README.md", "exec"), scope)
+    assert scope["ci"].shape == (16,) and (tmp_path / "out" / "pruning.json").is_file()

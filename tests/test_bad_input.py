@@ -198,9 +198,18 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, two_pruned_folders):
+    """The broken inputs, made once; each row works on its own copy."""
+    return _files(tmp_path_factory.mktemp("bad-files"), two_pruned_folders)
+
+
 @pytest.mark.parametrize("args, message", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
-def test_bad_input_row(args, message, tmp_path, capsys, monkeypatch, two_pruned_folders):
-    tmp = _files(tmp_path, two_pruned_folders)
+def test_bad_input_row(args, message, tmp_path, capsys, monkeypatch, bad_files):
+    import shutil
+
+    tmp = tmp_path / "files"
+    shutil.copytree(bad_files, tmp, symlinks=True)
     monkeypatch.chdir(tmp)  # so mymod.py imports, and nothing lands in the repository
     code = run_cli([a.replace("{tmp}", str(tmp)) for a in args] + (["--quiet"] if args[0] not in ("eval", "export") else []))
     err = capsys.readouterr().err

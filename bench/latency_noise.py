@@ -71,6 +71,8 @@ def row(label: str, run: dict, times: dict[str, Comparison] | None, base_macs: i
     if run["exit"] != 0:
         return f"{label:22} exit {run['exit']}: {run['message'][-1]}"
     r = run["report"]
+    if not times:  # a run that succeeded but was not timed: its prediction only
+        return f"{label:22} exit 0  MACs {macs / base_macs:6.1%}  predicted {r['predicted_speedup']['1']:.2f}x  (not timed)"
     b1, b64 = times["1"], times["64"]
     efficiency = b64.speedup / (base_macs / macs)
     return (f"{label:22} exit 0  MACs {macs / base_macs:6.1%}  predicted {r['predicted_speedup']['1']:.2f}x  "
@@ -93,7 +95,7 @@ def main() -> int:
     runs["quiet, defaults"] = prune(work / "defaults", work / "defaults-table.json", args.target)
     runs["quiet"] = prune(work / "quiet", work / "quiet-table.json", args.target, *shared)
     runs["quiet, batch 1+64"] = prune(work / "blended", work / "quiet-table.json", args.target, *shared, "--latency-batch", "1", "64")
-    for key, folder in (("quiet", "quiet"), ("quiet, batch 1+64", "blended")):
+    for key, folder in (("quiet, defaults", "defaults"), ("quiet", "quiet"), ("quiet, batch 1+64", "blended")):
         if runs[key]["exit"] == 0:
             times[key] = timed(work / folder, [1, 64])
     if args.skip_busy:

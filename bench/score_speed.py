@@ -39,7 +39,8 @@ import torch
 
 import chipprune
 from chipprune import Calibration, score
-from chipprune.scoring.independence import _map_on_cpu_threads, channel_independence, channel_independence_reference
+from chipprune.scoring.independence import channel_independence, channel_independence_reference
+from chipprune.scoring.placement import map_on_cpu_threads
 from chipprune.surgery import prunable_groups
 
 
@@ -74,7 +75,7 @@ def eigensolver_alone(maps: torch.Tensor) -> float:
     grams = [part @ part.mT for part in a.chunk(torch.get_num_threads())] if a.shape[1] <= a.shape[2] else []
     t0 = time.perf_counter()
     if grams:
-        _map_on_cpu_threads(torch.linalg.eigh, grams, len(grams))
+        map_on_cpu_threads(torch.linalg.eigh, grams, len(grams))
     return time.perf_counter() - t0
 
 

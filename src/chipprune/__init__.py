@@ -16,6 +16,7 @@ from .pipeline import plan, prune, prune_to_plan, score
 from .planning.request import PlanRequest
 from .scoring.criteria import CRITERIA
 from .scoring.independence import channel_independence
+from .scoring.placement import decompositions_on
 
 __all__ = [
     "__version__",
@@ -25,6 +26,7 @@ __all__ = [
     "PlanRequest",
     "PruneResult",
     "channel_independence",
+    "decompositions_on",
     "get_model_spec",
     "list_models",
     "load_model",

@@ -34,6 +34,7 @@ from .reporting.markdown import pilot_markdown
 from .results import FinetuneReport
 from .runtime import barrier, resolve_device, setup_distributed, teardown_distributed
 from .scoring.criteria import CRITERIA
+from .scoring.placement import PLACEMENTS, decompositions_on
 from .training.finetune import finetune, train_from_scratch
 from .training.loop import TrainConfig
 from .training.recipes import RECIPES, recipe_with
@@ -89,6 +90,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         help="; ".join(f"{c.name}: {c.description}" for c in CRITERIA.values()) + " (default chip)",
     )
     p.add_argument("--device", default="auto", help=_DEVICE_HELP)
+    p.add_argument(
+        "--decompose-on", default="auto", choices=PLACEMENTS,
+        help="where CHIP's eigen-decompositions run when scoring on a GPU: auto (default: the fastest per size, "
+        "measured once per machine and cached), cpu (all cores), cusolver or magma (on the GPU)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -235,7 +241,7 @@ def _train_config(args: argparse.Namespace, out: Path) -> TrainConfig:
     return TrainConfig(
         recipe, out, seed=args.seed, val_fraction=args.val_fraction, amp=not args.no_amp, amp_dtype=args.amp_dtype,
         checkpoint_every_steps=args.checkpoint_every, resume=args.resume, progress=not args.quiet,
-        limit_train_images=args.limit_train_images, overwrite=args.overwrite,
+        limit_train_images=args.limit_train_images, overwrite=args.overwrite, compile=args.compile,
     )
 
 
@@ -363,6 +369,9 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
     p.add_argument("--val-fraction", type=number(0, 1), default=0.1, help="training images held out to choose the epoch (0: none)")
     p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
     p.add_argument("--amp-dtype", default="bf16", choices=["bf16", "fp16"], help="autocast type on CUDA (fp16 adds loss scaling)")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=["default", "reduce-overhead", "max-autotune"],
+                   metavar="MODE", help="torch.compile the model for training, in MODE (default, reduce-overhead: CUDA graphs, "
+                   "max-autotune); the first steps compile; pays on GPUs for long runs (docs/FINETUNING.md)")
     p.add_argument("--checkpoint-every", type=integer(0), default=0, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     if standalone:  # 'run' has it from the pruning options
@@ -478,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.showwarning = _show_warning  # one plain line per warning, no source excerpt
     try:
-        args.func(args)
+        with decompositions_on(getattr(args, "decompose_on", "auto")):
+            args.func(args)
     except ChipPruneError as exc:
         if args.debug:
             raise

@@ -10,8 +10,12 @@ gloo on CPUs.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import timedelta
 
 import torch
@@ -20,7 +24,7 @@ import torch.distributed as dist
 from .errors import ChipPruneError
 
 __all__ = [
-    "resolve_device", "device_of", "autocast",
+    "resolve_device", "device_of", "autocast", "machine_fingerprint", "machine_cache_file",
     "Dist", "setup_distributed", "teardown_distributed", "world", "all_reduce_sum", "barrier", "broadcast_module",
 ]
 
@@ -111,3 +115,30 @@ def broadcast_module(module: torch.nn.Module) -> None:
         with torch.no_grad():
             for tensor in module.state_dict().values():
                 dist.broadcast(tensor, src=0)
+
+
+def machine_fingerprint(device: torch.device | str = "cpu") -> str:
+    """What a measured table (layer latencies, decomposition placements) is valid for: the processor
+    (or GPU), the threads and the torch version."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"cpu {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_cache_file(kind: str, device: torch.device | str = "cpu") -> Path:
+    """This machine's cached ``kind`` table: ``$CHIPPRUNE_CACHE_DIR`` (or ``~/.cache/chipprune``)/kind/<machine>.json."""
+    root = Path(os.environ.get("CHIPPRUNE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chipprune")
+    fingerprint = machine_fingerprint(device)
+    slug = re.sub(r"[^a-z0-9]+", "-", fingerprint.lower()).strip("-")[:60]
+    return root / kind / f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}.json"

@@ -17,11 +17,7 @@ machine (CPU model, threads, torch version; or GPU name), and are written atomic
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import os
-import platform
-import re
 import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,7 +31,7 @@ from ..errors import ChipPruneError
 from ..evaluation import latency as timing
 from ..io.atomic import read_json, write_json
 from ..models.spec import ModelSpec
-from ..runtime import device_of
+from ..runtime import device_of, machine_cache_file, machine_fingerprint
 from ..surgery.groups import ChannelGroup
 from .plan import pruned_copy
 
@@ -115,30 +111,9 @@ def time_layer(shape: LayerShape, batch_size: int, device: torch.device | str, m
     return timing.time_call(run, batch_size, str(device), min_run_time=min_run_time, warmup=2).min_ms
 
 
-def machine_fingerprint(device: torch.device | str = "cpu") -> str:
-    """What a latency table is valid for: the processor (or GPU), the threads and the torch version."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return f"cuda {torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"cpu {_cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def default_table_path(device: torch.device | str = "cpu") -> Path:
     """Where this machine's table is cached (``$CHIPPRUNE_CACHE_DIR`` or ``~/.cache/chipprune``)."""
-    root = Path(os.environ.get("CHIPPRUNE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chipprune")
-    fingerprint = machine_fingerprint(device)
-    slug = re.sub(r"[^a-z0-9]+", "-", fingerprint.lower()).strip("-")[:60]
-    return root / "latency" / f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}.json"
+    return machine_cache_file("latency", device)
 
 
 # A table whose reference convolution now takes more than this factor longer or shorter than when the

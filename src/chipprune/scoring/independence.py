@@ -25,15 +25,13 @@ thread), since LAPACK's eigensolver gains little from threads at these sizes.
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import torch
 
 from ..errors import ChipPruneError
+from . import placement
+from .placement import map_on_cpu_threads
 
 __all__ = ["channel_independence", "channel_independence_per_image", "channel_independence_reference"]
 
@@ -46,9 +44,6 @@ _STEP, _TOP, _BELOW_SPECTRUM, _FLOOR = 0.4, 16.0, 1e-2, 1e-10
 _GRAM_RELIABLE = 1e-10
 # Working memory per chunk of images (bytes); bounds peak memory for large maps.
 _CHUNK_BYTES = 256 * 2**20
-
-T = TypeVar("T")
-
 
 def _spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Squared singular values (in no particular order), left singular vectors and squared row norms
@@ -63,12 +58,12 @@ def _spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     if c > m:
         row_sq = a.square().sum(-1)
         _check_finite(row_sq)
-        u, s, _ = torch.linalg.svd(a, full_matrices=False)
+        u, s = placement.svd(a)
         return s.square(), u, row_sq
     gram = a @ a.mT
     row_sq = gram.diagonal(dim1=-2, dim2=-1).clone()
     _check_finite(row_sq)
-    lam, u = torch.linalg.eigh(gram)  # ascending
+    lam, u = placement.eigh(gram)  # ascending
     zero_rows = (row_sq == 0).sum(-1)  # (n,)
     # The smallest eigenvalue that belongs to non-zero rows must be well above round-off.
     smallest_live = lam.gather(1, zero_rows.clamp_max(c - 1)[:, None]).squeeze(1)
@@ -76,7 +71,7 @@ def _spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     # Eigenvalues of all-zero rows are 0 up to round-off: make them exactly 0.
     lam = torch.where(lam < _GRAM_RELIABLE * lam[:, -1:], torch.zeros_like(lam), lam)
     if suspect.any():
-        u_svd, s_svd, _ = torch.linalg.svd(a[suspect], full_matrices=False)
+        u_svd, s_svd = placement.svd(a[suspect])
         lam[suspect], u[suspect] = s_svd.square(), u_svd
     return lam.clamp_min(0.0), u, row_sq
 
@@ -184,7 +179,7 @@ def channel_independence_per_image(feature_maps: torch.Tensor) -> tuple[torch.Te
     if workers > 1:
         # Each chunk is shared among the workers, so the memory bound holds for all of them together.
         pieces = [part for piece in pieces for part in piece.chunk(workers)]
-        results = _map_on_cpu_threads(_ci_rescaled, pieces, workers)
+        results = map_on_cpu_threads(_ci_rescaled, pieces, workers)
     else:
         results = [_ci_rescaled(piece) for piece in pieces]
     return torch.cat([ci for ci, _ in results]), torch.cat([nuclear for _, nuclear in results])
@@ -210,31 +205,6 @@ def _ci_rescaled(part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all-zero maps (CI 0) and NaN (refused later)
     ci, nuclear = _ci_per_image(a / scale[:, None, None])
     return ci * scale[:, None], nuclear * scale
-
-
-@functools.lru_cache(maxsize=None)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    # Kept for the process: a fresh thread pays the math library's set-up again.
-    return ThreadPoolExecutor(workers, thread_name_prefix="chipprune-ci")
-
-
-def _map_on_cpu_threads(fn: Callable[[torch.Tensor], T], items: list[torch.Tensor], workers: int) -> list[T]:
-    """``[fn(x) for x in items]`` on ``workers`` threads with one math-library thread each.
-
-    LAPACK's eigensolver gains little from threads at these sizes, while independent images split
-    over threads scale almost linearly (measured 1.9x on 2 cores). The process-wide thread setting
-    is restored afterwards, so the forward passes around scoring keep all cores.
-    """
-    def one_thread(x: torch.Tensor) -> T:
-        torch.set_num_threads(1)
-        return fn(x)
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return list(_pool(workers).map(one_thread, items))
-    finally:
-        torch.set_num_threads(previous)
 
 
 def channel_independence(feature_maps: torch.Tensor) -> torch.Tensor:

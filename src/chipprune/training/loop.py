@@ -54,6 +54,7 @@ class TrainConfig:
     limit_train_images: int | None = None  # for quick pilots; validation is limited alike
     overwrite: bool = False  # start over in an ``out`` that holds an earlier run
     source_weights: str | None = None  # SHA-256 of the weights trained from: a checkpoint of other weights is refused
+    compile: str | None = None  # a torch.compile mode ("default", "reduce-overhead", ...) for the training model, or None
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -105,6 +106,9 @@ class _Trainer:
         self.net: nn.Module = (
             DistributedDataParallel(self.model, device_ids=[device] if device.type == "cuda" else None) if dist_info.enabled else self.model
         )
+        if config.compile:
+            # The first steps compile; self.model stays the plain module, which checkpoints and evaluation use.
+            self.net = torch.compile(self.net, mode=config.compile)
         self.teacher = _prepare_teacher(teacher, device) if recipe.distill_weight > 0 else None
         if recipe.distill_weight > 0 and self.teacher is None:
             raise ChipPruneError("distillation (distill_weight > 0) needs the original model as the teacher")
@@ -225,7 +229,7 @@ class _Trainer:
         self.scaler.update()
         self.scheduler.step()
         return torch.stack([loss.detach().double() * y.numel(), (logits.argmax(1) == y).sum().double(),
-                            torch.tensor(float(y.numel()), dtype=torch.float64, device=y.device)])
+                            torch.full((), y.numel(), dtype=torch.float64, device=y.device)])  # a fill, not a host copy
 
     def _with_distillation(self, loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(1 - a) * cross-entropy + a * T^2 * KL(teacher || student) on temperature-softened logits

@@ -1,0 +1,188 @@
+"""Where the decompositions of channel independence run: on the GPU that ran the forward pass (with
+cuSOLVER or MAGMA), or on CPU threads across all cores.
+
+Why it is chosen by measurement: PyTorch's batched ``torch.linalg.eigh`` on CUDA uses a batched
+solver only for small matrices (n <= 32) and loops over the batch above that, one small solve at a
+time, so a 16-core CPU can beat an H100 at n = 256 while the GPU wins at n = 32. So the first time
+a (decomposition, size, device) is met, a short probe times each placement on a few random
+matrices of that size and the fastest is used from then on; the choice is cached per machine next
+to the latency tables (``~/.cache/chipprune/decompositions/``). ``decompositions_on("cpu")`` (CLI
+``--decompose-on``) overrides the probe.
+
+Everything else (Gram matrices, the quadrature) stays on the maps' device; only the (n, k, k) Gram
+matrices, or the (n, C, M) maps of a layer with more channels than pixels, travel to the CPU and
+their factors back. Results are the same function whichever placement runs them (float64 LAPACK,
+cuSOLVER or MAGMA, each to round-off).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+import torch
+
+from ..errors import ChipPruneError
+from ..io.atomic import read_json, write_json
+from ..runtime import machine_cache_file, machine_fingerprint
+
+__all__ = ["PLACEMENTS", "decompositions_on", "eigh", "svd", "placement_table", "map_on_cpu_threads"]
+
+T = TypeVar("T")
+
+# "auto": the probe decides; "cpu": LAPACK on CPU threads; "cusolver" / "magma": on the maps' GPU
+# with that library (torch.backends.cuda.preferred_linalg_library).
+PLACEMENTS = ("auto", "cpu", "cusolver", "magma")
+PROBE_MATRICES = 16  # matrices per probe timing: enough to show a per-matrix loop, small enough to be quick
+PROBE_ROUNDS = 3  # timings per placement; the median counts
+
+_setting = {"placement": "auto"}
+# (operation, shape, device name) -> placement, for this process (and the cached file's entries).
+_chosen: dict[tuple[str, str], str] = {}
+Timer = Callable[[str, str, tuple[int, ...], torch.device], float]  # (operation, placement, shape, device) -> s per matrix
+
+
+@contextmanager
+def decompositions_on(placement: str) -> Iterator[None]:
+    """Run the decompositions inside the block at ``placement`` (one of PLACEMENTS)."""
+    if placement not in PLACEMENTS:
+        raise ChipPruneError(f"unknown decomposition placement '{placement}'; choose from {', '.join(PLACEMENTS)}")
+    previous = _setting["placement"]
+    _setting["placement"] = placement
+    try:
+        yield
+    finally:
+        _setting["placement"] = previous
+
+
+def eigh(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of a batch of symmetric matrices (ascending eigenvalues), where it is fastest."""
+    return _run("eigh", torch.linalg.eigh, gram)
+
+
+def _thin_svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    u, s, _ = torch.linalg.svd(a, full_matrices=False)
+    return u, s
+
+
+def svd(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and singular values of a batch of matrices (thin SVD), where it is fastest."""
+    return _run("svd", _thin_svd, a)
+
+
+def _run(operation: str, fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    if x.device.type != "cuda" or x.shape[0] == 0:
+        return fn(x)  # on the CPU the caller already shares images among threads
+    where = _placement(operation, tuple(x.shape[1:]), x.device)
+    if where == "cpu":
+        host = x.cpu()
+        workers = max(1, min(torch.get_num_threads(), host.shape[0]))
+        parts = map_on_cpu_threads(fn, list(host.chunk(workers)), workers)
+        return tuple(torch.cat(pieces).to(x.device) for pieces in zip(*parts))
+    with _linalg_library(where):
+        return fn(x)
+
+
+@contextmanager
+def _linalg_library(name: str) -> Iterator[None]:
+    previous = torch.backends.cuda.preferred_linalg_library()
+    torch.backends.cuda.preferred_linalg_library(name)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_linalg_library(previous)
+
+
+def _candidates(device: torch.device) -> list[str]:
+    return ["cpu", "cusolver"] + (["magma"] if torch.cuda.has_magma else [])
+
+
+def _key(operation: str, shape: tuple[int, ...]) -> str:
+    return f"{operation} {'x'.join(map(str, shape))}"
+
+
+def _placement(operation: str, shape: tuple[int, ...], device: torch.device, timer: Timer | None = None) -> str:
+    asked = _setting["placement"]
+    if asked != "auto":
+        if asked == "magma" and not torch.cuda.has_magma:
+            raise ChipPruneError("--decompose-on magma: this PyTorch was built without MAGMA; use cusolver or cpu")
+        return asked
+    key = _key(operation, shape)
+    if (str(device), key) not in _chosen:
+        table = placement_table(device)
+        entry = table["choices"].get(key)
+        if not isinstance(entry, dict) or entry.get("placement") not in _candidates(device):
+            entry = table["choices"][key] = probe(operation, shape, device, timer)
+            write_json(machine_cache_file("decompositions", device), table)
+        _chosen[str(device), key] = entry["placement"]
+    return _chosen[str(device), key]
+
+
+def placement_table(device: torch.device) -> dict:
+    """This machine's cached probe results: {"machine": .., "choices": {"eigh 256x256": {"placement": .., "seconds": {..}}}}."""
+    path = machine_cache_file("decompositions", device)
+    try:
+        table = read_json(path) if path.is_file() else None
+    except (OSError, ValueError, ChipPruneError):
+        table = None  # a damaged cache is probed again
+    if not isinstance(table, dict) or not isinstance(table.get("choices"), dict):
+        table = {"machine": machine_fingerprint(device), "choices": {}}
+    return table
+
+
+def probe(operation: str, shape: tuple[int, ...], device: torch.device, timer: Timer | None = None) -> dict:
+    """Time each placement on PROBE_MATRICES random matrices of ``shape``; the fastest, and every time (s per matrix)."""
+    timer = timer or _time_placement
+    seconds = {where: timer(operation, where, shape, device) for where in _candidates(device)}
+    return {"placement": min(seconds, key=seconds.__getitem__), "seconds": seconds}
+
+
+def _time_placement(operation: str, where: str, shape: tuple[int, ...], device: torch.device) -> float:
+    x = torch.randn(PROBE_MATRICES, *shape, dtype=torch.float64, device=device)
+    if operation == "eigh":
+        x = x @ x.mT
+    run = functools.partial(_placed, operation, where, x)
+    run()  # warm-up: library handles, workspaces, threads
+    times = []
+    for _ in range(PROBE_ROUNDS):
+        torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        run()
+        torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - started) / PROBE_MATRICES)
+    return statistics.median(times)
+
+
+def _placed(operation: str, where: str, x: torch.Tensor) -> None:
+    with decompositions_on(where):
+        (eigh if operation == "eigh" else svd)(x)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    # Kept for the process: a fresh thread pays the math library's set-up again.
+    return ThreadPoolExecutor(workers, thread_name_prefix="chipprune-ci")
+
+
+def map_on_cpu_threads(fn: Callable[[torch.Tensor], T], items: list[torch.Tensor], workers: int) -> list[T]:
+    """``[fn(x) for x in items]`` on ``workers`` threads with one math-library thread each.
+
+    LAPACK's eigensolver gains little from threads at these sizes, while independent images split
+    over threads scale almost linearly (measured 1.9x on 2 cores). The process-wide thread setting
+    is restored afterwards, so the forward passes around scoring keep all cores.
+    """
+    def one_thread(x: torch.Tensor) -> T:
+        torch.set_num_threads(1)
+        return fn(x)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return list(_pool(workers).map(one_thread, items))
+    finally:
+        torch.set_num_threads(previous)

@@ -109,10 +109,16 @@ def cifar_rows(args, device) -> list[dict]:
     pruned = chipprune.prune(model, spec, SPARSITY, criterion="l1", evaluate_on=False, recalibrate_bn=False, progress=False).model
     source = synthetic_cifar(args.images)
     rows = []
-    official = official_loop(pruned, source, 256, args.official_steps, device)
+    if args.official_steps == 0:
+        official = float("nan")
+    else:
+        official = official_loop(pruned, source, 256, args.official_steps, device)
     rows.append({"what": "official loop: PIL in DataLoader workers, fp32, batch 256", "images_per_s": official})
     print(f"{rows[-1]['what']:72} {official:>9,.0f}", flush=True)
-    variants = [(256, None, False), (256, None, True), (256, "default", True), (256, "reduce-overhead", True), (1024, "default", True)]
+    variants = []
+    for item in args.variants.split(","):
+        batch, mode = item.split(":")
+        variants.append((int(batch), None if mode in ("fp32", "eager") else mode, mode != "fp32"))
     if device.type != "cuda":  # a smoke run of the script: no compilation
         variants = [v for v in variants if v[1] is None]
     for batch, mode, amp in variants:
@@ -217,6 +223,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--official-steps", type=int, default=100)
     parser.add_argument("--jpegs", type=int, default=2048)
+    parser.add_argument("--variants", default="256:fp32,256:eager,256:default,256:reduce-overhead,1024:default",
+                        help="batch:mode of each chipprune fit (mode: fp32, eager (bf16), or a torch.compile mode)")
     parser.add_argument("--skip-jpeg", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args()

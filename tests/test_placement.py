@@ -107,3 +107,14 @@ def test_the_cpu_thread_placement_gives_the_same_scores(fresh):
 def test_the_cli_refuses_an_unknown_placement(capsys):
     assert main(["score", "--model", "cifar_resnet56", "--decompose-on", "tpu"]) == 2
     assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_a_placement_that_fails_in_the_probe_is_never_chosen():
+    def timer(operation, where, shape, device):
+        if where == "cusolver":
+            raise RuntimeError("cusolver error: CUSOLVER_STATUS_INVALID_VALUE, when calling gesvdj")
+        return {"cpu": 2e-3, "magma": 9e-3}[where]
+
+    result = placement.probe("svd", (2048, 49), torch.device("cpu"), timer)
+    assert result["placement"] == "cpu"
+    assert "CUSOLVER_STATUS_INVALID_VALUE" in result["failed"]["cusolver"]

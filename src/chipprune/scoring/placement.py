@@ -38,7 +38,7 @@ T = TypeVar("T")
 # "auto": the probe decides; "cpu": LAPACK on CPU threads; "cusolver" / "magma": on the maps' GPU
 # with that library (torch.backends.cuda.preferred_linalg_library).
 PLACEMENTS = ("auto", "cpu", "cusolver", "magma")
-PROBE_MATRICES = 16  # matrices per probe timing: enough to show a per-matrix loop, small enough to be quick
+PROBE_MATRICES = 64  # matrices per probe timing: a calibration batch's worth, so CPU threads each get several
 PROBE_ROUNDS = 3  # timings per placement; the median counts
 
 _setting = {"placement": "auto"}
@@ -79,13 +79,16 @@ def _run(operation: str, fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
     if x.device.type != "cuda" or x.shape[0] == 0:
         return fn(x)  # on the CPU the caller already shares images among threads
     where = _placement(operation, tuple(x.shape[1:]), x.device)
-    if where == "cpu":
-        host = x.cpu()
-        workers = max(1, min(torch.get_num_threads(), host.shape[0]))
-        parts = map_on_cpu_threads(fn, list(host.chunk(workers)), workers)
-        return tuple(torch.cat(pieces).to(x.device) for pieces in zip(*parts))
-    with _linalg_library(where):
-        return fn(x)
+    if where != "cpu":
+        try:
+            with _linalg_library(where):
+                return fn(x)
+        except RuntimeError:
+            pass  # a GPU solver that refuses a matrix (cuSOLVER's gesvdj has size limits): LAPACK does it
+    host = x.cpu()
+    workers = max(1, min(torch.get_num_threads(), host.shape[0]))
+    parts = map_on_cpu_threads(fn, list(host.chunk(workers)), workers)
+    return tuple(torch.cat(pieces).to(x.device) for pieces in zip(*parts))
 
 
 @contextmanager
@@ -138,8 +141,15 @@ def placement_table(device: torch.device) -> dict:
 def probe(operation: str, shape: tuple[int, ...], device: torch.device, timer: Timer | None = None) -> dict:
     """Time each placement on PROBE_MATRICES random matrices of ``shape``; the fastest, and every time (s per matrix)."""
     timer = timer or _time_placement
-    seconds = {where: timer(operation, where, shape, device) for where in _candidates(device)}
-    return {"placement": min(seconds, key=seconds.__getitem__), "seconds": seconds}
+    seconds, failed = {}, {}
+    for where in _candidates(device):
+        try:
+            seconds[where] = timer(operation, where, shape, device)
+        except RuntimeError as exc:  # this library cannot do this size here: never chosen
+            failed[where] = str(exc).splitlines()[0][:200]
+    if not seconds:
+        raise ChipPruneError(f"no placement could run {operation} of {shape} matrices: {failed}")
+    return {"placement": min(seconds, key=seconds.__getitem__), "seconds": seconds, **({"failed": failed} if failed else {})}
 
 
 def _time_placement(operation: str, where: str, shape: tuple[int, ...], device: torch.device) -> float:
@@ -159,8 +169,13 @@ def _time_placement(operation: str, where: str, shape: tuple[int, ...], device: 
 
 
 def _placed(operation: str, where: str, x: torch.Tensor) -> None:
-    with decompositions_on(where):
-        (eigh if operation == "eigh" else svd)(x)
+    fn = torch.linalg.eigh if operation == "eigh" else _thin_svd
+    if where == "cpu":
+        with decompositions_on("cpu"):
+            _run(operation, fn, x)
+    else:  # the library itself, without _run's fallback: a failure must show in the probe
+        with _linalg_library(where):
+            fn(x)
 
 
 @functools.lru_cache(maxsize=None)

@@ -131,3 +131,24 @@ def test_threads_split_images_without_changing_results():
     finally:
         torch.set_num_threads(previous)
     assert torch.allclose(one, two, rtol=1e-12)
+
+
+@pytest.mark.parametrize("spread", [1.0, 2.9, 5.0])
+def test_more_channels_than_pixels_at_any_conditioning(spread):
+    # C > HW goes through the HW x HW Gram matrix (U = A V / s); singular values spread over
+    # 10^spread: 2.9 is just inside the eigen path's trust bound, 5.0 takes the SVD fallback.
+    torch.manual_seed(12)
+    q_left = torch.linalg.qr(torch.randn(2, 80, 20, dtype=torch.float64))[0]
+    q_right = torch.linalg.qr(torch.randn(2, 20, 20, dtype=torch.float64))[0]
+    maps = ((q_left * torch.logspace(0, -spread, 20, dtype=torch.float64)) @ q_right).reshape(2, 80, 4, 5)
+    got, ref = channel_independence(maps), direct_channel_independence(maps)
+    assert (got - ref).abs().max() <= 1e-8 * ref.abs().max()
+
+
+def test_a_dead_pixel_in_a_tall_map_takes_the_svd_path():
+    # A pixel that is 0 in every channel makes A^T A singular.
+    torch.manual_seed(13)
+    maps = torch.relu(torch.randn(3, 40, 3, 3, dtype=torch.float64))
+    maps[:, :, 1, 1] = 0
+    got, ref = channel_independence(maps), direct_channel_independence(maps)
+    assert (got - ref).abs().max() <= 1e-8 * ref.abs().max()

@@ -40,8 +40,9 @@ __all__ = ["channel_independence", "channel_independence_per_image", "channel_in
 # non-zero singular value it starts, and the lowest start (the integrand is at most 1, so stopping
 # there costs at most _FLOOR * s_max).
 _STEP, _TOP, _BELOW_SPECTRUM, _FLOOR = 0.4, 16.0, 1e-2, 1e-10
-# Gram eigenvalues below this fraction of the largest are not trusted (see _spectrum).
-_GRAM_RELIABLE = 1e-10
+# Gram eigenvalues below this fraction of the largest are not trusted (see _spectrum); for maps with
+# more channels than pixels the bound is tighter, since U = A V / s magnifies round-off (_tall_spectrum).
+_GRAM_RELIABLE, _TALL_RELIABLE = 1e-10, 1e-6
 # Working memory per chunk of images (bytes); bounds peak memory for large maps.
 _CHUNK_BYTES = 256 * 2**20
 
@@ -52,14 +53,12 @@ def _spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     C <= M: eigen-decomposition of the C x C Gram matrix A A^T in float64, several times faster than
     an SVD of A. Squaring the condition number costs accuracy only for eigenvalues below about
     1e-10 of the largest one; images that have such eigenvalues (other than those of all-zero rows,
-    whose CI is 0 anyway) are redone with the thin SVD of A. C > M: the thin SVD of A.
+    whose CI is 0 anyway) are redone with the thin SVD of A. C > M: the M x M Gram matrix (_tall_spectrum).
+    The decompositions run where they are fastest (scoring/placement.py).
     """
     n, c, m = a.shape
     if c > m:
-        row_sq = a.square().sum(-1)
-        _check_finite(row_sq)
-        u, s = placement.svd(a)
-        return s.square(), u, row_sq
+        return _tall_spectrum(a)
     gram = a @ a.mT
     row_sq = gram.diagonal(dim1=-2, dim2=-1).clone()
     _check_finite(row_sq)
@@ -74,6 +73,24 @@ def _spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
         u_svd, s_svd = placement.svd(a[suspect])
         lam[suspect], u[suspect] = s_svd.square(), u_svd
     return lam.clamp_min(0.0), u, row_sq
+
+
+def _tall_spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """_spectrum of (C, M) matrices with C > M: the M x M Gram matrix A^T A has the same non-zero
+    spectrum and its eigenvectors V give U = A V / s (several times faster than the thin SVD of A,
+    whose cost grows with C). Dividing by s magnifies the eigenvectors' round-off by s_max / s, so
+    images whose smallest eigenvalue is under _TALL_RELIABLE of the largest (a rank-deficient or
+    badly conditioned map) are redone with the thin SVD."""
+    row_sq = a.square().sum(-1)
+    _check_finite(row_sq)
+    lam, v = placement.eigh(a.mT @ a)  # ascending
+    lam = lam.clamp_min(0.0)
+    u = (a @ v) / lam.sqrt().clamp_min(torch.finfo(a.dtype).tiny)[:, None, :]
+    suspect = lam[:, 0] < _TALL_RELIABLE * lam[:, -1]
+    if suspect.any():
+        u_svd, s_svd = placement.svd(a[suspect])
+        lam[suspect], u[suspect] = s_svd.square(), u_svd
+    return lam, u, row_sq
 
 
 def _check_finite(row_sq: torch.Tensor) -> None:

@@ -96,7 +96,7 @@ def official_loop(model: torch.nn.Module, source: DataSource, batch: int, steps:
 def chipprune_fit(model, spec, source, batch: int, epochs: int, compile_mode: str | None, amp: bool, device) -> dict:
     recipe = recipe_with("chip-cifar", epochs=epochs, batch_size=batch, warmup_epochs=0)
     out = Path(tempfile.mkdtemp(prefix="train-speed-gpu-"))
-    config = TrainConfig(recipe, out, val_fraction=0.0, progress=False, amp=amp, compile=compile_mode)
+    config = TrainConfig(recipe, out, val_fraction=0.0, progress=False, amp=amp, compile=compile_mode or "off")
     summary = fit(copy.deepcopy(model), spec, source, config, Dist(device=device))
     per_epoch = summary.train_images // batch * batch
     rates = [per_epoch / row["seconds"] for row in summary.history]

@@ -192,3 +192,14 @@ def test_run_under_torchrun_prunes_once_then_finetunes_together(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(f"saved: {out / 'pruned'}/") == 1  # pruned by process 0 alone
     assert json.loads((out / "finetuned" / "report.json").read_text())["finetune"]["processes"] == 2
+
+
+def test_compile_auto_compiles_only_long_runs_on_cuda():
+    from chipprune.training.loop import COMPILE_PAYS_STEPS, compile_mode
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compile_mode("auto", cuda, COMPILE_PAYS_STEPS) == "reduce-overhead"
+    assert compile_mode("auto", cuda, COMPILE_PAYS_STEPS - 1) is None  # compiling would cost more than it saves
+    assert compile_mode("auto", cpu, 10**6) is None
+    assert compile_mode("off", cuda, 10**6) is None
+    assert compile_mode("default", cpu, 1) == "default"  # asked for by name: done anywhere

@@ -369,9 +369,9 @@ def _add_train_args(p: argparse.ArgumentParser, standalone: bool = True, out_hel
     p.add_argument("--val-fraction", type=number(0, 1), default=0.1, help="training images held out to choose the epoch (0: none)")
     p.add_argument("--no-amp", action="store_true", help="no autocast on CUDA")
     p.add_argument("--amp-dtype", default="bf16", choices=["bf16", "fp16"], help="autocast type on CUDA (fp16 adds loss scaling)")
-    p.add_argument("--compile", nargs="?", const="default", default=None, choices=["default", "reduce-overhead", "max-autotune"],
-                   metavar="MODE", help="torch.compile the model for training, in MODE (default, reduce-overhead: CUDA graphs, "
-                   "max-autotune); the first steps compile; pays on GPUs for long runs (docs/FINETUNING.md)")
+    p.add_argument("--compile", default="auto", choices=["auto", "off", "default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the model for training: auto (default) compiles with CUDA graphs (reduce-overhead) on "
+                   "CUDA for runs of 5,000 steps or more, where it pays (docs/FINETUNING.md); off; or a torch.compile mode")
     p.add_argument("--checkpoint-every", type=integer(0), default=0, metavar="STEPS", help="also checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     if standalone:  # 'run' has it from the pruning options

@@ -499,3 +499,27 @@ def test_the_real_stopwatch_times_models_and_layers():
     lat = measure_latency(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), 8, 2, min_run_time=0.01)
     assert lat.median_ms > 0 and lat.runs >= 1 and math.isfinite(lat.min_ms)  # times, never compared with a bound
     assert time_layer(CONV, 1, "cpu", 0.01) > 0
+
+
+class NoisyTablePredictor(TablePredictor):
+    """A TablePredictor whose layer timings are uncertain by ``noise`` (relative)."""
+
+    def __init__(self, costs, noise: float) -> None:
+        super().__init__(costs)
+        self.noise = noise
+
+    def timing_noise(self) -> float:
+        return self.noise
+
+
+def test_a_near_miss_within_the_timing_noise_names_the_noise_not_the_target():
+    # With at most 70% removed (4 of 10 channels kept), the best plan is predicted at 14 of 20 (70%); the target is 68%.
+    groups = [_group("g", 10)]
+    scores = {"g": _scores("g", list(range(10)))}
+    costs = {"g": {w: 10.0 * w / 10 + 10.0 for w in range(1, 11)}}
+    with pytest.raises(ChipPruneError, match=r"missed by less than the timing noise: the best plan found is predicted at 70\.0%.*"
+                                             r"uncertain by \+-5\.0%.*load average .* cores.*--target-latency 0\.74"):
+        plan_for_latency(groups, scores, NoisyTablePredictor(costs, 0.05), 13.6, max_ratio=0.7)
+    # Timings known to +-1%: a miss of 2 points is the target's fault, and the message says so.
+    with pytest.raises(ChipPruneError, match=r"cannot be reached: .* the best predicted is 70\.0%"):
+        plan_for_latency(groups, scores, NoisyTablePredictor(costs, 0.01), 13.6, max_ratio=0.7)

@@ -17,6 +17,7 @@ appear in. Groups read in several maps (residual streams) lose at most 30% of th
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,6 +79,24 @@ class BlendedLatency:
 
     def predict(self, keep: Mapping[str, int]) -> float:
         return sum(m.predict(keep) / m.original for m in self.models) / len(self.models)
+
+    def timing_noise(self) -> float | None:
+        noises = [n for n in (_timing_noise(m) for m in self.models) if n is not None]
+        return max(noises) if noises else None
+
+
+def _timing_noise(predictor: LatencyPredictor) -> float | None:
+    """The predictor's relative timing uncertainty, when it knows it (timed layers do; a constructed table does not)."""
+    noise = getattr(predictor, "timing_noise", None)
+    return noise() if callable(noise) else None
+
+
+def _load_text() -> str:
+    """The machine's load, a plain fact for messages about noisy timings."""
+    try:
+        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    except OSError:
+        return "load unknown"
 
 
 @dataclass
@@ -175,6 +194,9 @@ def plan_for_latency(
         if best is None:  # nothing in the windows saves time: look at every smaller width
             best = _best_move(prunable, keep, widths, mass, predictor, None)
         if best is None:
+            noise = _timing_noise(predictor)
+            if noise is not None and predicted - target <= noise * predicted:
+                raise ChipPruneError(_within_noise(target / start, predicted / start, noise))
             # Layer timings that hardly change with width are what a swamped machine gives.
             flat = " The layer timings barely change with width, which means other work swamps the timings: rerun on a " \
                 "quieter machine." if predicted > FLAT_TIMINGS * start else ""
@@ -193,6 +215,17 @@ def plan_for_latency(
     bar.close()
     plan.keep, plan.predicted = keep, predicted
     return plan
+
+
+def _within_noise(target: float, best: float, noise: float) -> str:
+    """A search that missed its target (fractions of the original) by less than the timing noise."""
+    nearby = math.ceil(100 * best * (1 + noise)) / 100
+    return (
+        f"the latency target ({target:.1%} of the original) was missed by less than the timing noise: the best plan "
+        f"found is predicted at {best:.1%}, and this run's layer timings are uncertain by +-{noise:.1%} (median 95% "
+        f"interval; {_load_text()}): other work on this machine swamps the difference. Rerun when the machine is "
+        f"quieter, or ask for a target the noise cannot hide (--target-latency {nearby:.2f})"
+    )
 
 
 def _best_move(groups, keep, widths, mass, predictor, window):

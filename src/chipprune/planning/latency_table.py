@@ -135,6 +135,7 @@ class LatencyTable:
         self.stale = retime  # entries from earlier runs are not to be trusted: time again what is used
         self.fresh: set[str] = set()  # entries timed by this run
         self.notes: list[str] = []
+        self.noise: list[float] = []  # relative half-width of each layer timing's interval, this run
         self.machine = machine_fingerprint(self.device)
         self.path = Path(path) if path is not None else default_table_path(self.device)
         self.min_run_time = min_run_time
@@ -174,7 +175,13 @@ class LatencyTable:
             return float(self._timer(shape, batch_size)) / self.slowdown(batch_size)
         ratio = timing.compare_latency(layer_runner(shape, batch_size, self.device), layer_runner(_REFERENCE, batch_size, self.device),
                                        batch_size, device=self.device, block_seconds=0.005, min_rounds=5, max_seconds=0.0)
+        self.noise.append((ratio.speedup_high - ratio.speedup_low) / (2 * ratio.speedup))
         return ratio.speedup * self.reference_ms(batch_size)
+
+    def timing_noise(self) -> float | None:
+        """The median relative half-width of the 95% intervals of the layer timings this run took
+        (0.02: a layer's time is known to about +-2%), or None when it timed none."""
+        return statistics.median(self.noise) if self.noise else None
 
     def check_conditions(self, batch_size: int) -> None:
         """Compare the machine's speed now with the table's (three timings of the reference
@@ -379,6 +386,10 @@ class LatencyModel:
         for name in self._progress(self._base):
             self.table.get(self.shape(name, keep), self.batch_size, remeasure=True)
         self.table.save()
+
+    def timing_noise(self) -> float | None:
+        """How uncertain this run's layer timings are (relative), see LatencyTable.timing_noise."""
+        return self.table.timing_noise()
 
     def predict(self, keep: Mapping[str, int]) -> float:
         """Predicted latency (ms) of the model pruned to ``keep``."""

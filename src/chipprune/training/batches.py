@@ -1,12 +1,14 @@
 """The data of one training run: the augmented training batches of each epoch, and the validation
 and test batches.
 
-Two paths, one contract (the order of an epoch comes from (seed, epoch); an image's augmentation
+Three paths, one contract (the order of an epoch comes from (seed, epoch); an image's augmentation
 from (seed, epoch, its index among the training images)):
 
 - in memory: data held as an array at the model's size (the bundled sample, CIFAR-10) sits on the
   training device as uint8 and is augmented there a batch at a time (data/memory.py); no PIL, no
   DataLoader, no copies per step;
+- JPEGs on a GPU: a DataLoader's workers read the files and draw each image's crop; the GPU decodes
+  and augments the batch (data/jpeg.py);
 - loader: anything else goes through a DataLoader with worker processes (one per core, up to 32),
   pinned memory on CUDA, each image augmented by PIL transforms under a seeded generator.
 """
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from ..data.jpeg import JpegCrops, collate_jpegs, decode_batch, is_jpeg_folder
 from ..data.memory import MemoryImages, memory_images
 from ..data.sources import DataSource
 from ..data.transforms import SeededAugmentation, make_transform
@@ -85,6 +88,25 @@ class _LoaderBatches(_TrainBatches):
                             drop_last=True, num_workers=workers, pin_memory=self.device.type == "cuda",
                             prefetch_factor=4 if workers else None)
         return iter(loader)
+
+
+class _JpegBatches(_TrainBatches):
+    """A JPEG ImageFolder on a GPU: workers read the files and draw each image's crop (as the PIL
+    path draws it), the GPU decodes and augments the batch (data/jpeg.py)."""
+
+    def __init__(self, crops: JpegCrops, spec: ModelSpec, config_seed: int, per_rank_batch: int, dist_info: Dist,
+                 device: torch.device) -> None:
+        super().__init__(len(crops), config_seed, per_rank_batch, dist_info)
+        self.crops, self.spec, self.device = crops, spec, device
+
+    def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.set_epoch(epoch)
+        self.crops.epoch = epoch
+        workers = loader_workers()
+        loader = DataLoader(self.crops, batch_size=self.per_rank_batch, sampler=_FromPosition(self.sampler, first * self.per_rank_batch),
+                            drop_last=True, num_workers=workers, collate_fn=collate_jpegs, prefetch_factor=4 if workers else None)
+        for data, lengths, boxes, labels in loader:
+            yield decode_batch(data, lengths, boxes, self.spec, self.device), labels
 
 
 class _MemoryBatches(_TrainBatches):
@@ -162,9 +184,14 @@ def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, 
             _MemoryEval(test, torch.tensor(_share(list(range(len(test))), dist_info), dtype=torch.long)) if test is not None
             else _test_loader(spec, source, dist_info), True,
         )
-    augmented = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, source.image_size)), train_idx), seed)
+    samples = getattr(plain, "samples", None)
+    if device.type == "cuda" and spec.image_size > 64 and samples is not None and is_jpeg_folder(samples):
+        train: _TrainBatches = _JpegBatches(JpegCrops(samples, train_idx, seed), spec, seed, per_rank, dist_info, device)
+    else:
+        augmented = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, source.image_size)), train_idx), seed)
+        train = _LoaderBatches(augmented, seed, per_rank, dist_info, device)
     return RunData(
-        _LoaderBatches(augmented, seed, per_rank, dist_info, device),
+        train,
         _loader(plain, _share(val_idx, dist_info)) if n_val else None, n_val, _test_loader(spec, source, dist_info), False,
     )
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 # One math thread per test process (subprocesses, CLI runs and torchrun, inherit it). The tests run
@@ -34,21 +35,58 @@ class EvilPickle:
 def steady_clock(request, monkeypatch):
     """Every timing chipprune takes goes through ``evaluation.latency.time_call``; here it runs the
     timed call once and charges 0.05 ms plus 1 ms per million multiply-accumulates it performed: a
-    noise-free machine, so no test's verdict or duration depends on the neighbours. Tests marked
+    noise-free machine, so no test's verdict or duration depends on the neighbours (tests/steadyclock.py;
+    CLI runs in processes of their own get it through ``python -m steadyclock``). Tests marked
     ``real_clock`` time for real (and must not assert on the times)."""
     if request.node.get_closest_marker("real_clock"):
         return
-    from torch.utils.flop_counter import FlopCounterMode
-
     from chipprune.evaluation import latency
-
-    def charge_by_work(run, batch_size, device, *, min_run_time, warmup=3):
-        with FlopCounterMode(display=False) as counter:
-            run()
-        ms = 0.05 + counter.get_total_flops() / 2 * 1e-6
-        return latency.Latency(batch_size, ms, 0.0, 1, device, ms)
+    from steadyclock import charge_by_work
 
     monkeypatch.setattr(latency, "time_call", charge_by_work)
+
+
+@pytest.fixture(scope="session")
+def small_cifar(tmp_path_factory) -> str:
+    """A ten-class ImageFolder of CIFAR-size (32x32) noise images, 13 per class in train/ (130) and 3
+    in test/ (30), made once. For tests whose runs evaluate on the test split, perhaps many times,
+    and assert nothing that depends on how many images it holds: the bundled sample's 1,000 test
+    images made them some of the slowest. (Read only: copy it to change it.)"""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("small-cifar")
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 13), ("test", 3)):
+        for c in range(10):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return str(root)
+
+
+@dataclass(frozen=True)
+class DefaultJob:
+    exit_code: int
+    out: Path  # the pruned folder
+    stdout: str
+
+
+@pytest.fixture(scope="session")
+def default_job(tmp_path_factory) -> DefaultJob:
+    """The README's first command, ``chipprune prune`` with every default (ResNet-56, the paper's
+    setting, bundled weights and data; 640 calibration images), run once: its exit status, folder and
+    printed output. Its scoring and its four passes over the 1,000 test images make it the slowest
+    thing the tests do, so the tests that only read its results share it. (Read only: copy it to change it.)"""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("default-job") / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = run_cli(["prune", "--out", str(out), "--quiet"])
+    return DefaultJob(code, out, printed.getvalue())
 
 
 @pytest.fixture

@@ -417,13 +417,15 @@ def test_a_killed_prune_leaves_no_folder(tmp_path):
         "import chipprune.io.pruned as p\n"
         "p.write_json = lambda path, obj: os.kill(os.getpid(), signal.SIGKILL)\n",
     )
+    # (64 calibration images: l1 needs none, and BatchNorm re-estimation on the default 640 is slow.)
     proc = subprocess.run([sys.executable, "-c", killed_while_saving, "prune", "--model", "cifar_resnet20", "--weights", "none",
-                           "--no-eval", "--sparsity", "0.5", "--criterion", "l1", "--out", str(out), "--quiet"], capture_output=True)
+                           "--no-eval", "--sparsity", "0.5", "--criterion", "l1", "--calib-images", "64", "--out", str(out), "--quiet"],
+                          capture_output=True)
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists() and any(p.name.endswith(".new") for p in tmp_path.iterdir())
     # The next run into that --out finds no folder to refuse, and removes the unfinished one.
     assert main(["prune", "--model", "cifar_resnet20", "--weights", "none", "--no-eval", "--sparsity", "0.5", "--criterion", "l1",
-                 "--out", str(out), "--quiet"]) == 0
+                 "--calib-images", "64", "--out", str(out), "--quiet"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
 
 

@@ -14,11 +14,12 @@ def test_models_lists_cifar_and_torchvision(capsys):
     assert "cifar_resnet56" in out and "resnet50" in out and "[0.]+[0.15]*2+[0.4]*27" in out
 
 
-def test_default_job_end_to_end(tmp_path, capsys):
-    """The README's first command: ResNet-56, paper setting, bundled weights and data, offline."""
-    assert main(["prune", "--out", str(tmp_path), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    report = json.loads((tmp_path / "report.json").read_text())
+def test_default_job_end_to_end(default_job, capsys):
+    """The README's first command: ResNet-56, paper setting, bundled weights and data, offline (run
+    once for the session by conftest's ``default_job``)."""
+    assert default_job.exit_code == 0
+    out, folder = default_job.stdout, default_job.out
+    report = json.loads((folder / "report.json").read_text())
     for key in ("params_before", "params_after", "macs_before", "macs_after"):
         assert isinstance(report[key], int)
     assert report["params_before"] == 853_018 and report["macs_before"] == 125_485_696
@@ -27,7 +28,7 @@ def test_default_job_end_to_end(tmp_path, capsys):
     assert 10.0 <= report["top1_after"] <= report["top1_before"]
     assert report["bn_recalibrated"] is True and report["calibration_images"] == 640
     assert "top1 (%)" in out and "BatchNorm statistics re-estimated" in out
-    assert main(["eval", str(tmp_path), "--quiet"]) == 0
+    assert main(["eval", str(folder), "--quiet"]) == 0
     assert f"top-1 {report['top1_after']:.2f}%" in capsys.readouterr().out
 
 
@@ -56,14 +57,20 @@ def test_ignored_layers_work_with_a_paper_string(capsys):
     assert "note: layer1.0 inner conv: not pruned (ignored)" in out and "layer1.0.conv1 " not in out
 
 
-def test_eval_defaults_to_the_data_the_folder_was_pruned_with(tmp_path, capsys):
+def _ten_images(root: Path) -> Path:
+    """An ImageFolder of ten classes with one 32x32 image each, in train/ and in test/."""
     import numpy as np
     from PIL import Image
 
     for split in ("train", "test"):
         for c in range(10):
-            (tmp_path / "data" / split / f"c{c}").mkdir(parents=True)
-            Image.fromarray(np.full((32, 32, 3), 20 * c, dtype=np.uint8)).save(tmp_path / "data" / split / f"c{c}" / "0.png")
+            (root / split / f"c{c}").mkdir(parents=True)
+            Image.fromarray(np.full((32, 32, 3), 20 * c, dtype=np.uint8)).save(root / split / f"c{c}" / "0.png")
+    return root
+
+
+def test_eval_defaults_to_the_data_the_folder_was_pruned_with(tmp_path, capsys):
+    _ten_images(tmp_path / "data")
     out = tmp_path / "pruned"
     assert main(["prune", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.3", "--data", str(tmp_path / "data"),
                  "--calib-images", "8", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
@@ -73,8 +80,11 @@ def test_eval_defaults_to_the_data_the_folder_was_pruned_with(tmp_path, capsys):
 
 
 def test_a_model_with_more_classes_than_the_data_gets_a_warning(tmp_path, capsys):
+    # Ten test images rather than the bundled sample's 1,000: the warning is about the classes, and
+    # the run evaluates three times.
+    data = _ten_images(tmp_path / "data")
     assert main(["prune", "--model", "cifar_resnet20", "--weights", "none", "--num-classes", "12", "--sparsity", "0.3",
-                 "--calib-images", "8", "--batch-size", "8", "--out", str(tmp_path), "--quiet"]) == 0
+                 "--data", str(data), "--calib-images", "8", "--batch-size", "8", "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert "has 10 classes, the model predicts 12" in capsys.readouterr().err
 
 

@@ -104,10 +104,10 @@ def test_an_onnx_file_from_another_prune_is_not_timed(tmp_path, runs, capsys):
     assert "was not exported from this folder's weights" in out and "onnxruntime" not in out.split("latency on")[1]
 
 
-def test_fine_tuning_refuses_an_earlier_run_unless_resumed_or_started_over(tmp_path, runs, capsys):
+def test_fine_tuning_refuses_an_earlier_run_unless_resumed_or_started_over(tmp_path, runs, capsys, small_cifar):
     shutil.copytree(runs / "a", tmp_path / "p")
-    args = ["finetune", str(tmp_path / "p"), "--epochs", "1", "--limit-train-images", "32", "--train-batch-size", "16",
-            "--val-fraction", "0", "--warmup-epochs", "0", "--quiet", "--out", str(tmp_path / "ft")]
+    args = ["finetune", str(tmp_path / "p"), "--data", small_cifar, "--epochs", "1", "--limit-train-images", "32",
+            "--train-batch-size", "16", "--val-fraction", "0", "--warmup-epochs", "0", "--quiet", "--out", str(tmp_path / "ft")]
     assert run_cli(args) == 0
     assert run_cli(args) == 2
     assert "already holds results; --overwrite" in capsys.readouterr().err

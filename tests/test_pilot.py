@@ -44,7 +44,7 @@ def test_recommendation_rule():
     assert recommend(levels, max_drop=0.1) is None
 
 
-def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, monkeypatch):
+def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, monkeypatch, small_cifar):
     import chipprune.pilot.sweep as sweep
     import chipprune.scoring.criteria as criteria
 
@@ -65,7 +65,7 @@ def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, mon
     model, spec = load_model("cifar_resnet20", None)
     calib = Calibration(images=64, batch_size=32)
     settings = PilotSettings(levels=(0.5, 0.8, 0.65))
-    report = run_pilot(model, spec, "bundled", tmp_path, settings, calibration=calib, progress=False)
+    report = run_pilot(model, spec, small_cifar, tmp_path, settings, calibration=calib, progress=False)
     assert calls == {"score": 1, "prune": 3}  # scores computed once, reused by every level
     macs = [lv.macs for lv in report.levels]
     assert [lv.target for lv in report.levels] == [0.8, 0.65, 0.5] and macs == sorted(macs, reverse=True)
@@ -80,27 +80,27 @@ def test_pilot_scores_once_levels_are_monotone_and_a_rerun_resumes(tmp_path, mon
     assert saved["levels"][0]["latency"]["speedup"] == report.levels[0].latency.speedup
 
     (tmp_path / "levels" / "macs-0.650.json").unlink()  # as if interrupted before this level finished
-    again = run_pilot(model, spec, "bundled", tmp_path, settings, calibration=calib, progress=False)
+    again = run_pilot(model, spec, small_cifar, tmp_path, settings, calibration=calib, progress=False)
     assert calls == {"score": 1, "prune": 4}  # scores reloaded, only the missing level redone
     assert again.levels[0] == report.levels[0]
 
     # Results of other settings are never mixed in: other weights, another rounding or criterion are refused.
     with pytest.raises(ChipPruneError, match=r"other settings \(round_to 1 -> 8\)"):
-        run_pilot(model, spec, "bundled", tmp_path, PilotSettings(levels=(0.5,), round_to=8), calibration=calib, progress=False)
+        run_pilot(model, spec, small_cifar, tmp_path, PilotSettings(levels=(0.5,), round_to=8), calibration=calib, progress=False)
     with pytest.raises(ChipPruneError, match=r"criterion 'chip' -> 'l1'"):
-        run_pilot(model, spec, "bundled", tmp_path, PilotSettings(levels=(0.5,), criterion="l1"), calibration=calib, progress=False)
+        run_pilot(model, spec, small_cifar, tmp_path, PilotSettings(levels=(0.5,), criterion="l1"), calibration=calib, progress=False)
     with torch.no_grad():
         model.conv1.weight.mul_(1.01)
     with pytest.raises(ChipPruneError, match="other settings \\(the model's weights\\)"):
-        run_pilot(model, spec, "bundled", tmp_path, PilotSettings(levels=(0.5,)), calibration=calib, progress=False)
+        run_pilot(model, spec, small_cifar, tmp_path, PilotSettings(levels=(0.5,)), calibration=calib, progress=False)
     assert calls == {"score": 1, "prune": 4}
 
 
 @pytest.mark.parametrize("criterion", ["l1", "random"])
-def test_pilot_runs_with_criteria_that_need_no_images(criterion, tmp_path, capsys):
+def test_pilot_runs_with_criteria_that_need_no_images(criterion, tmp_path, capsys, small_cifar):
     out = tmp_path / "pilot"
     assert main(["pilot", "--model", "cifar_resnet20", "--weights", "none", "--criterion", criterion, "--levels", "0.8",
-                 "--calib-images", "32", "--out", str(out), "--quiet"]) == 0
+                 "--calib-images", "32", "--data", small_cifar, "--out", str(out), "--quiet"]) == 0
     assert f"Channels ranked by {criterion.upper()}" in (out / "pilot.md").read_text()
     assert json.loads((out / "settings.json").read_text())["criterion"] == criterion
     assert "recommendation:" in capsys.readouterr().out
@@ -112,9 +112,9 @@ def test_pilot_settings_are_checked():
             PilotSettings(**bad)
 
 
-def test_sensitivity_suggests_a_plan_prune_accepts(tmp_path):
+def test_sensitivity_suggests_a_plan_prune_accepts(tmp_path, small_cifar):
     model, spec = load_model("cifar_resnet20", "none")
-    result = sensitivity(model, spec, "bundled", tmp_path, ratios=[0.5], calibration=Calibration(images=32, batch_size=32),
+    result = sensitivity(model, spec, small_cifar, tmp_path, ratios=[0.5], calibration=Calibration(images=32, batch_size=32),
                                max_drop=100.0, progress=False)
     assert len(result["drops"]) == 12 and all("0.5" in d for d in result["drops"].values())
     plan = json.loads((tmp_path / "suggested_plan.json").read_text())

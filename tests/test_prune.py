@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 import chipprune
@@ -66,9 +67,15 @@ def test_removing_dead_channels_keeps_outputs_exactly():
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_paper_setting_gives_the_planned_widths_and_sizes():
+@pytest.fixture(scope="module")
+def paper_setting_result():
+    """The bundled ResNet-56 pruned to the paper's setting, made once for the tests that only read it."""
     model, spec = load_model("cifar_resnet56", "bundled")
-    result = prune(model, spec, calibration=QUICK, evaluate_on=False, progress=False)
+    return prune(model, spec, calibration=QUICK, evaluate_on=False, progress=False)
+
+
+def test_paper_setting_gives_the_planned_widths_and_sizes(paper_setting_result):
+    result = paper_setting_result
     m = result.model
     assert m.conv1.out_channels == 13  # 16 * (1 - 0.15) -> 13
     assert all(b.conv1.out_channels == 9 for b in m.layer1)  # int(16 * 0.6)
@@ -84,9 +91,8 @@ def test_paper_setting_gives_the_planned_widths_and_sizes():
     assert round(r.params_after / 1e6, 2) == 0.49 and 64.0e6 < r.macs_after < 65.2e6
 
 
-def test_save_and_reload_give_identical_outputs(tmp_path):
-    model, spec = load_model("cifar_resnet56", "bundled")
-    result = prune(model, spec, calibration=QUICK, evaluate_on=False, progress=False)
+def test_save_and_reload_give_identical_outputs(tmp_path, paper_setting_result):
+    result = paper_setting_result
     save_pruned(result, tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"model.safetensors", "pruning.json", "report.json", "report.md", "channels.png"}
     record = json.loads((tmp_path / "pruning.json").read_text())

@@ -57,16 +57,20 @@ def _image_folder(root: Path, n_train: int, size: int = 16, n_test: int = 8) -> 
     return root
 
 
-def _train_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+def _train_cmd(data: Path, out: Path, *extra: str, module: str = "chipprune") -> list[str]:
+    """``python`` arguments of a small training run (``[2:]``: the CLI's, for ``main`` in this process).
+    ``module="steadyclock"`` runs it on the tests' steady clock (tests/steadyclock.py)."""
     return [
-        "-m", "chipprune", "--debug", "train", "--model", "custom_nets:plain_net", "--image-size", "16",
+        "-m", module, "--debug", "train", "--model", "custom_nets:plain_net", "--image-size", "16",
         "--data", str(data), "--out", str(out), "--quiet", "--val-fraction", "0", "--lr", "0.05",
         "--warmup-epochs", "1", *extra,
     ]
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(TESTS), "OMP_NUM_THREADS": "1"}
+    # tests/ first (custom_nets, steadyclock), then whatever PYTHONPATH the tests themselves run with.
+    path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
 
 
 # Runs the CLI, killing the process with SIGKILL right after it checkpoints epoch 2, step 5: a real
@@ -85,11 +89,18 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(tmp_path):
-    data = _image_folder(tmp_path / "data", n_train=400)
+def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(tmp_path, capsys, monkeypatch):
+    from chipprune.cli import main
+
+    # Only the killed run needs a process of its own; the uninterrupted run and the resumed one run
+    # in this one (on the steady clock), each a fresh CLI run that reads the checkpoint from disk.
+    # 96 images: 12 steps an epoch, so the kill after epoch 2, step 5 lands mid-epoch (the kill is
+    # placed exactly; it no longer has to be caught by polling a long run).
+    monkeypatch.chdir(tmp_path)
+    data = _image_folder(tmp_path / "data", n_train=96)
     args = ["--epochs", "3", "--train-batch-size", "8", "--checkpoint-every", "1"]
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, *_train_cmd(data, reference, *args)], check=True, env=_env(), cwd=tmp_path)
+    assert main(_train_cmd(data, reference, *args)[2:]) == 0
 
     out = tmp_path / "interrupted"
     cli_args = _train_cmd(data, out, *args)[2:]  # without "-m chipprune"
@@ -98,9 +109,9 @@ def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(t
     killed_at = read_checkpoint(out / "checkpoint.pt")
     assert (killed_at["epoch"], killed_at["step_in_epoch"]) == (1, 5) and not (out / "model.safetensors").exists()
 
-    result = subprocess.run([sys.executable, *_train_cmd(data, out, *args, "--resume")], env=_env(), cwd=tmp_path,
-                            capture_output=True, text=True, check=True)
-    assert f"epoch {killed_at['epoch'] + 1}, step {killed_at['step_in_epoch']}" in result.stdout
+    capsys.readouterr()
+    assert main(_train_cmd(data, out, *args, "--resume")[2:]) == 0
+    assert f"epoch {killed_at['epoch'] + 1}, step {killed_at['step_in_epoch']}" in capsys.readouterr().out
     final, expected = load_file(str(out / "model.safetensors")), load_file(str(reference / "model.safetensors"))
     assert all(torch.allclose(final[k], expected[k], atol=1e-6) for k in expected)
     history = json.loads((out / "metrics.json").read_text())
@@ -111,15 +122,20 @@ def test_killed_run_resumes_at_the_right_step_and_matches_an_uninterrupted_run(t
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=1e-4) and got["train_top1"] == pytest.approx(want["train_top1"])
 
 
-def test_two_processes_under_torchrun_match_one_process(tmp_path):
+def test_two_processes_under_torchrun_match_one_process(tmp_path, monkeypatch):
+    from chipprune.cli import main
+
     # An odd number of test images: no image may be counted twice to even out the two shares. With a
     # validation split the best epoch's weights are reloaded at the end, which must not hang.
+    # The one-process run runs in this process; both on the steady clock.
+    monkeypatch.chdir(tmp_path)
     data = _image_folder(tmp_path / "data", n_train=64, n_test=9)
     args = ["--epochs", "2", "--train-batch-size", "16", "--val-fraction", "0.25", "--checkpoint-every", "1"]
     single, double = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, *_train_cmd(data, single, *args)], check=True, env=_env(), cwd=tmp_path, timeout=600)
+    assert main(_train_cmd(data, single, *args)[2:]) == 0
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    subprocess.run([*torchrun, *_train_cmd(data, double, *args)], check=True, env=_env(), cwd=tmp_path, timeout=600)
+    subprocess.run([*torchrun, *_train_cmd(data, double, *args, module="steadyclock")], check=True, env=_env(), cwd=tmp_path,
+                   timeout=600)
     a, b = load_file(str(single / "model.safetensors")), load_file(str(double / "model.safetensors"))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (single, double))
@@ -148,12 +164,13 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path, capsys):
     assert main([*base, "--epochs", "1", "--resume"]) == 0  # the same settings resume (here: nothing left to do)
 
 
-def test_finetune_writes_a_loadable_folder_and_report(tmp_path):
+def test_finetune_writes_a_loadable_folder_and_report(tmp_path, small_cifar):
     from chipprune import load_pruned
     from chipprune.cli import main
 
+    # 130 training images (more than the 128 asked for) and 30 to test on: the run evaluates four times.
     out = tmp_path / "run"
-    args = ["run", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.5", "--calib-images", "64",
+    args = ["run", "--model", "cifar_resnet20", "--weights", "none", "--sparsity", "0.5", "--data", small_cifar, "--calib-images", "64",
             "--batch-size", "32", "--epochs", "1", "--train-batch-size", "64", "--limit-train-images", "128",
             "--out", str(out), "--quiet"]
     assert main(args) == 0
@@ -168,11 +185,14 @@ def test_finetune_writes_a_loadable_folder_and_report(tmp_path):
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
 
 
-def test_scoring_under_torchrun_splits_images_and_sums_scores(tmp_path):
+def test_scoring_under_torchrun_splits_images_and_sums_scores(tmp_path, monkeypatch):
+    from chipprune.cli import main
+
+    monkeypatch.chdir(tmp_path)
     data = _image_folder(tmp_path / "data", n_train=32)
     cmd = ["-m", "chipprune", "--debug", "score", "--model", "custom_nets:plain_net", "--weights", "none",
            "--image-size", "16", "--data", str(data), "--calib-images", "32", "--batch-size", "8", "--quiet"]
-    subprocess.run([sys.executable, *cmd, "--out", str(tmp_path / "one.safetensors")], check=True, env=_env(), cwd=tmp_path)
+    assert main([*cmd[2:], "--out", str(tmp_path / "one.safetensors")]) == 0  # one process: this one
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     subprocess.run([*torchrun, *cmd, "--out", str(tmp_path / "two.safetensors")], check=True, env=_env(), cwd=tmp_path, timeout=600)
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
@@ -185,7 +205,8 @@ def test_run_under_torchrun_prunes_once_then_finetunes_together(tmp_path):
     data = _image_folder(tmp_path / "data", n_train=64)
     out = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    cmd = ["-m", "chipprune", "run", "--model", "custom_nets:plain_net", "--weights", "none", "--image-size", "16",
+    # On the steady clock (the fine-tuned report's latency, timed for real, takes seconds).
+    cmd = ["-m", "steadyclock", "run", "--model", "custom_nets:plain_net", "--weights", "none", "--image-size", "16",
            "--data", str(data), "--sparsity", "0.5", "--calib-images", "16", "--batch-size", "8", "--epochs", "1",
            "--train-batch-size", "16", "--val-fraction", "0", "--out", str(out), "--quiet"]
     result = subprocess.run([*torchrun, *cmd], env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=600)

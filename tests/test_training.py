@@ -224,3 +224,10 @@ def test_compile_auto_compiles_only_long_runs_on_cuda():
     assert compile_mode("auto", cpu, 10**6) is None
     assert compile_mode("off", cuda, 10**6) is None
     assert compile_mode("default", cpu, 1) == "default"  # asked for by name: done anywhere
+
+
+def test_the_short_budget_preset_is_the_measured_setting():
+    short = RECIPES["short-distill"]
+    cifar = RECIPES["chip-cifar"]
+    assert (short.epochs, short.warmup_epochs, short.distill_weight, short.distill_temperature) == (2, 0, 0.5, 4.0)
+    assert (short.lr, short.momentum, short.weight_decay, short.batch_size) == (cifar.lr, cifar.momentum, cifar.weight_decay, cifar.batch_size)

@@ -119,3 +119,19 @@ def test_reference_checkpoints_load_unchanged(shared):
     for depth in (20, 32, 44, 56):
         files = list((shared / "weights" / "cifar10-resnet").glob(f"resnet{depth}-*.th"))
         load_weights(load_model(f"cifar_resnet{depth}", None)[0], files[0])
+
+
+def test_models_that_cannot_be_pruned_are_listed_so_and_refused_at_once(capsys):
+    from conftest import run_cli
+
+    assert run_cli(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "swin_t" in listing and "vit_b_16" in listing
+    rows = {line.split()[0]: line.split()[3] for line in listing.splitlines()[1:] if line.strip() and not line.startswith(" ")
+            and len(line.split()) > 3}
+    assert rows["swin_t"] == rows["vit_b_16"] == rows["shufflenet_v2_x1_0"] == "no"
+    assert rows["resnet50"] == rows["cifar_resnet56"] == "yes"
+    # Tracing Swin used to recurse until the kernel killed it: now one line, before any tracing.
+    assert run_cli(["prune", "--model", "swin_t", "--weights", "none", "--sparsity", "0.3", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "swin_t cannot be pruned: a vision transformer" in err[0]

@@ -106,12 +106,14 @@ def _calibration(args: argparse.Namespace) -> Calibration:
 
 def cmd_models(args: argparse.Namespace) -> None:
     names = list_models()
-    print(f"{'name':24}{'family':14}{'input':>7}  notes")
+    print(f"{'name':24}{'family':14}{'input':>7}  {'prunes':7} notes")
+    unsupported = 0
     for name in names:
         spec = get_model_spec(name)
-        note = spec.notes + (f"; paper sparsity {spec.paper_sparsity}" if spec.paper_sparsity else "")
-        print(f"{name:24}{spec.family:14}{spec.image_size:>7}  {note}")
-    print(f"\n{len(names)} models")
+        note = spec.unsupported or spec.notes + (f"; paper sparsity {spec.paper_sparsity}" if spec.paper_sparsity else "")
+        unsupported += spec.unsupported is not None
+        print(f"{name:24}{spec.family:14}{spec.image_size:>7}  {'no' if spec.unsupported else 'yes':7} {note}")
+    print(f"\n{len(names)} models, {len(names) - unsupported} of them prunable (docs/MODELS.md)")
 
 
 def cmd_score(args: argparse.Namespace) -> None:

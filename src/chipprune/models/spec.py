@@ -56,6 +56,8 @@ class ModelSpec:
     # The module whose *output* shows a group's channels, by group name, where the official code
     # scores another map than the consumers' input (None for a group: the default).
     feature_map: Callable[[str], str | None] | None = None
+    # Why this model cannot be pruned (None: it can), said at once instead of attempting it.
+    unsupported: str | None = None
     # Torch-Pruning pruning functions for layer types it does not know (default: chipprune's own layers).
     custom_pruners: Mapping[type, Any] = field(default_factory=lambda: dict(LAYER_PRUNERS), hash=False, compare=False)
 

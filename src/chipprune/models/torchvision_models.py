@@ -18,6 +18,16 @@ __all__ = ["names", "spec_for", "resnet_paper_layout"]
 
 _PAPER_SPARSITY = {"resnet50": "[0.]+[0.1]*3+[0.35]*16"}
 
+# torchvision models that chipprune cannot prune, by name prefix, and why (bench/torchvision_sweep.py
+# for ShuffleNetV2; the vision transformers as tried by hand: tracing vit_b_16 failed, and
+# swin_t's tracing recursed until the kernel killed it at 23 GB after 329 s).
+UNSUPPORTED = {
+    "shufflenet_v2": "Torch-Pruning 1.6 cannot follow ShuffleNetV2's channel shuffle (a reshape that interleaves channels)",
+    "vit_": "a vision transformer: CHIP scores convolutional feature maps, and Torch-Pruning 1.6 cannot trace its attention blocks here",
+    "swin_": "a vision transformer: CHIP scores convolutional feature maps, and tracing Swin's shifted windows never ends",
+    "maxvit_": "a vision transformer (MaxViT's attention blocks): CHIP scores convolutional feature maps",
+}
+
 
 @lru_cache(maxsize=1)
 def names() -> tuple[str, ...]:
@@ -55,4 +65,5 @@ def spec_for(name: str) -> ModelSpec:
         notes="torchvision",
         paper_sparsity=_PAPER_SPARSITY.get(name),
         paper_layout=resnet_paper_layout if name.startswith(("resnet", "resnext", "wide_resnet")) else None,
+        unsupported=next((why for prefix, why in UNSUPPORTED.items() if name.startswith(prefix)), None),
     )

@@ -154,6 +154,8 @@ def prunable_groups(
 
     Groups whose maps the spec says are taken elsewhere (the paper's VGG) are pointed at them.
     """
+    if spec.unsupported:
+        raise ChipPruneError(f"{spec.name} cannot be pruned: {spec.unsupported}")
     names = set(dict(model.named_modules()))
     unknown = [n for n in ignored or [] if n not in names]
     if unknown:

@@ -20,6 +20,7 @@ import torch_pruning as tp
 from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
 from ..runtime import device_of
+from .guard import tracing_guard
 
 __all__ = ["FeatureSource", "ChannelGroup", "example_input", "find_classifier", "build_graph", "build_groups", "prunable_groups", "classifier_outputs"]
 
@@ -90,7 +91,8 @@ def build_graph(model: nn.Module, example: torch.Tensor, pruners: Mapping[type, 
             # Parameters outside layers (ConvNeXt's layer_scale, shape (C, 1, 1)) are pruned along their
             # channel dimension, which is what we want; the notice about it is noise for our users.
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=dict(pruners or {}))
+            with tracing_guard(type(model).__name__):
+                return tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=dict(pruners or {}))
     except (ArithmeticError, IndexError, KeyError, ValueError, RuntimeError, AssertionError) as exc:
         # Torch-Pruning 1.6 cannot follow some channel reorderings, e.g. ShuffleNetV2's channel shuffle.
         raise ChipPruneError(

@@ -1,0 +1,65 @@
+"""A time and memory guard around graph tracing: a model Torch-Pruning cannot follow stops with one
+line instead of recursing until the kernel kills the process (tracing swin_t grew to 23 GB in
+329 s before chipprune refused vision transformers by name; a user's own network can do the same).
+
+A timer interrupts the tracing every half second to look at the clock and at the process's
+resident memory. Python runs signal handlers between bytecodes of the main thread, and the tracer
+is Python code, so the check lands within moments; elsewhere (another thread, no SIGALRM) the
+guard does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..errors import ChipPruneError
+
+__all__ = ["tracing_guard", "TRACE_SECONDS", "TRACE_BYTES"]
+
+TRACE_SECONDS = 120.0  # the largest torchvision CNN traces in well under a minute on 2 cores
+TRACE_BYTES = 4 * 2**30  # growth of resident memory while tracing
+
+
+class _Stop(BaseException):
+    """Raised from the timer's handler; a BaseException, so the tracer's own `except Exception` cannot swallow it."""
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0  # unknown: only the clock guards
+
+
+@contextmanager
+def tracing_guard(what: str, seconds: float = TRACE_SECONDS, extra_bytes: int = TRACE_BYTES) -> Iterator[None]:
+    """Stop the block with ChipPruneError once it has run ``seconds`` or grown the process by ``extra_bytes``."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    started, base = time.monotonic(), _resident_bytes()
+
+    def check(_signum, _frame) -> None:
+        if time.monotonic() - started > seconds:
+            raise _Stop(f"ran over {seconds:.0f} s")
+        if base and _resident_bytes() - base > extra_bytes:
+            raise _Stop(f"took over {extra_bytes / 2**30:.1f} GiB more memory")
+
+    previous = signal.signal(signal.SIGALRM, check)
+    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+    try:
+        yield
+    except _Stop as exc:
+        raise ChipPruneError(
+            f"tracing {what} {exc} and was stopped: Torch-Pruning cannot follow this network's channels "
+            "(see docs/MODELS.md for what prunes); list layers it trips on with --ignore, or choose another architecture"
+        ) from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

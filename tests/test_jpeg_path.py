@@ -72,3 +72,31 @@ def test_the_gpu_path_repeats_exactly_and_resumes_inside_an_epoch(jpeg_root):
         assert torch.equal(a, b) and torch.equal(la, lb)
     for (a, la), (b, lb) in zip(whole[1:], resumed):
         assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_files_the_gpu_decoder_cannot_take_are_decoded_by_pil(tmp_path):
+    # ImageNet holds a PNG named .JPEG and CMYK JPEGs; both must come out as the PIL path gives them.
+    spec = chipprune.get_model_spec("resnet18")
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        (tmp_path / split / "c0").mkdir(parents=True)
+        pixels = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / split / "c0" / "png_in_disguise.jpg", format="PNG")
+        Image.fromarray(pixels).convert("CMYK").save(tmp_path / split / "c0" / "cmyk.jpg", quality=95)
+    samples = open_data(tmp_path).split("train", None).samples
+    assert is_jpeg_folder(samples)
+    crops = JpegCrops(samples, [0, 1], seed=5)
+    items = [crops[0], crops[1]]
+    assert [int(box[5]) for _, box, _ in items] == [1, 1]  # both marked for PIL
+    got = decode_batch(*collate_jpegs(items)[:3], spec, torch.device("cpu"))
+    pil = SeededAugmentation(Subset(open_data(tmp_path).split("train", make_transform(spec, True, None)), [0, 1]), seed=5)
+    expected = torch.stack([pil[0][0], pil[1][0]])
+    assert ((got - expected).abs().mean(dim=(1, 2, 3)) < 0.05).all()
+
+
+def test_a_damaged_file_names_itself(tmp_path):
+    (tmp_path / "train" / "c0").mkdir(parents=True)
+    (tmp_path / "train" / "c0" / "bad.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    crops = JpegCrops([(str(tmp_path / "train" / "c0" / "bad.jpg"), 0)], [0], seed=0)
+    with pytest.raises(chipprune.ChipPruneError, match="cannot read image .*bad.jpg"):
+        crops[0]

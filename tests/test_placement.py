@@ -57,7 +57,7 @@ def test_a_choice_is_probed_once_per_size_and_cached_per_machine(fresh, monkeypa
 
 def test_a_damaged_cache_is_probed_again(fresh):
     device = torch.device("cpu")
-    path = placement.machine_cache_file("decompositions", device)
+    path = placement._cache_path(device)
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     calls = []

@@ -136,9 +136,10 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_cache_file(kind: str, device: torch.device | str = "cpu") -> Path:
-    """This machine's cached ``kind`` table: ``$CHIPPRUNE_CACHE_DIR`` (or ``~/.cache/chipprune``)/kind/<machine>.json."""
+def machine_cache_file(kind: str, device: torch.device | str = "cpu", *, with_cpu: bool = False) -> Path:
+    """This machine's cached ``kind`` table: ``$CHIPPRUNE_CACHE_DIR`` (or ``~/.cache/chipprune``)/kind/<machine>.json.
+    ``with_cpu``: the table also depends on the processor and threads beside a GPU."""
     root = Path(os.environ.get("CHIPPRUNE_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "chipprune")
-    fingerprint = machine_fingerprint(device)
+    fingerprint = machine_fingerprint(device) + (f"; {machine_fingerprint('cpu')}" if with_cpu and torch.device(device).type != "cpu" else "")
     slug = re.sub(r"[^a-z0-9]+", "-", fingerprint.lower()).strip("-")[:60]
     return root / kind / f"{slug}-{hashlib.sha256(fingerprint.encode()).hexdigest()[:8]}.json"

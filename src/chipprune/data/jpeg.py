@@ -12,15 +12,18 @@ draws them (torchvision's RandomResizedCrop and RandomHorizontalFlip under the g
 
 from __future__ import annotations
 
+import io as io_bytes
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import io, transforms
 
+from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
 
 __all__ = ["JpegCrops", "is_jpeg_folder", "collate_jpegs", "decode_batch"]
@@ -35,7 +38,8 @@ def is_jpeg_folder(samples: Sequence[tuple[str, int]]) -> bool:
 
 class JpegCrops(Dataset):
     """Image ``i`` of ``samples`` (an ImageFolder's list, in the order of ``index``) as its file's
-    bytes, its crop box and flip (top, left, height, width, flip), and its label."""
+    bytes, its crop box, flip and whether PIL must decode it (top, left, height, width, flip,
+    on_cpu), and its label."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], index: Sequence[int], seed: int, epoch: int = 0) -> None:
         self.samples, self.index, self.seed, self.epoch = samples, list(index), seed, epoch
@@ -46,8 +50,12 @@ class JpegCrops(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         path, label = self.samples[self.index[i]]
-        with Image.open(path) as header:  # reads the size, not the pixels
-            size = header.size
+        raw = Path(path).read_bytes()
+        try:
+            with Image.open(io_bytes.BytesIO(raw)) as header:  # reads the size, not the pixels
+                size, mode = header.size, header.mode
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ChipPruneError(f"cannot read image {path}: {exc}") from None
         with torch.random.fork_rng(devices=[]):
             # The draws of SeededAugmentation + make_transform's training transform, in their order.
             torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i * 104_729) % (2**63))
@@ -55,28 +63,44 @@ class JpegCrops(Dataset):
             sized = torch.zeros(1, 1, 1).expand(1, size[1], size[0])
             top, left, h, w = transforms.RandomResizedCrop.get_params(sized, self.crop.scale, self.crop.ratio)
             flip = bool(torch.rand(1) < 0.5)
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
-        return data, torch.tensor([top, left, h, w, int(flip)]), label
+        # Not a plain JPEG (a PNG named .jpg, CMYK): decoded by PIL, as the PIL path would.
+        on_cpu = not raw.startswith(b"\xff\xd8") or mode not in ("RGB", "L")
+        data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        return data, torch.tensor([top, left, h, w, int(flip), int(on_cpu)]), label
 
 
 def collate_jpegs(items: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """A batch: the files' bytes end to end in one tensor (a worker hands one tensor to the main
-    process far more cheaply and safely than a list of them) with their lengths, the crop boxes
-    (B, 5) and the labels (B,)."""
+    process far more cheaply and safely than a list of them) with their lengths, the crop boxes and
+    flags (B, 6: top, left, height, width, flip, decode on the CPU) and the labels (B,)."""
     return (torch.cat([b for b, _, _ in items]), torch.tensor([len(b) for b, _, _ in items]),
             torch.stack([c for _, c, _ in items]), torch.tensor([label for _, _, label in items]))
 
 
 def decode_batch(data: torch.Tensor, lengths: torch.Tensor, boxes: torch.Tensor, spec: ModelSpec, device: torch.device) -> torch.Tensor:
     """Decode the files in ``data`` (``lengths`` bytes each) on ``device``, crop each image to its
-    box, resize to the model's size, flip and normalise: a float (B, 3, S, S) batch."""
-    with warnings.catch_warnings():
-        # torchvision 0.29 announces that TorchCodec will take over its decoders; they work meanwhile.
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
-        images = io.decode_jpeg(list(data.split(lengths.tolist())), mode=io.ImageReadMode.RGB, device=device)
+    box, resize to the model's size, flip and normalise: a float (B, 3, S, S) batch. Files marked
+    for the CPU (column 5 of ``boxes``), and every file of a batch the device's decoder refuses, are
+    decoded by PIL."""
+    files = list(data.split(lengths.tolist()))
+    images: list[torch.Tensor | None] = [None] * len(files)
+    on_device = [k for k in range(len(files)) if not boxes[k, 5]]
+    try:
+        with warnings.catch_warnings():
+            # torchvision 0.29 announces that TorchCodec will take over its decoders; they work meanwhile.
+            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
+            decoded = io.decode_jpeg([files[k] for k in on_device], mode=io.ImageReadMode.RGB, device=device) if on_device else []
+        for k, image in zip(on_device, decoded):
+            images[k] = image
+    except RuntimeError:
+        pass  # the whole batch goes through PIL below
+    for k, image in enumerate(images):
+        if image is None:
+            with Image.open(io_bytes.BytesIO(files[k].numpy().tobytes())) as pil:
+                images[k] = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1).to(device)
     size = spec.image_size
     out = torch.empty(len(images), 3, size, size, device=device)
-    for k, (image, (top, left, h, w, flip)) in enumerate(zip(images, boxes.tolist())):
+    for k, (image, (top, left, h, w, flip, _)) in enumerate(zip(images, boxes.tolist())):
         crop = image[:, top:top + h, left:left + w].unsqueeze(0).float()
         resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
         out[k] = resized.flip(-1) if flip else resized

@@ -95,7 +95,7 @@ def _load_text() -> str:
     """The machine's load, a plain fact for messages about noisy timings."""
     try:
         return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-    except OSError:
+    except (OSError, AttributeError):  # no load average on this system
         return "load unknown"
 
 
@@ -195,7 +195,8 @@ def plan_for_latency(
             best = _best_move(prunable, keep, widths, mass, predictor, None)
         if best is None:
             noise = _timing_noise(predictor)
-            if noise is not None and predicted - target <= noise * predicted:
+            at_caps = all(keep[g.name] == widths[g.name][0] for g in prunable)  # then the caps, not the noise, stop it
+            if noise is not None and not at_caps and predicted - target <= noise * predicted:
                 raise ChipPruneError(_within_noise(target / start, predicted / start, noise))
             # Layer timings that hardly change with width are what a swamped machine gives.
             flat = " The layer timings barely change with width, which means other work swamps the timings: rerun on a " \
@@ -220,11 +221,12 @@ def plan_for_latency(
 def _within_noise(target: float, best: float, noise: float) -> str:
     """A search that missed its target (fractions of the original) by less than the timing noise."""
     nearby = math.ceil(100 * best * (1 + noise)) / 100
+    suggestion = f" (--target-latency {nearby:.2f})" if nearby < 1 else ""
     return (
         f"the latency target ({target:.1%} of the original) was missed by less than the timing noise: the best plan "
         f"found is predicted at {best:.1%}, and this run's layer timings are uncertain by +-{noise:.1%} (median 95% "
         f"interval; {_load_text()}): other work on this machine swamps the difference. Rerun when the machine is "
-        f"quieter, or ask for a target the noise cannot hide (--target-latency {nearby:.2f})"
+        f"quieter, or ask for a target the noise cannot hide{suggestion}"
     )
 
 

@@ -10,8 +10,9 @@ to the latency tables (``~/.cache/chipprune/decompositions/``). ``decompositions
 ``--decompose-on``) overrides the probe.
 
 Everything else (Gram matrices, the quadrature) stays on the maps' device; only the (n, k, k) Gram
-matrices, or the (n, C, M) maps of a layer with more channels than pixels, travel to the CPU and
-their factors back. Results are the same function whichever placement runs them (float64 LAPACK,
+matrices (k = the smaller of channels and pixels; the rare SVD fallback sends the maps) travel to
+the CPU and their factors back. The cache is keyed by the GPU, the CPU and its threads, and the
+torch version: a choice for CPU threads holds only where the same cores are. Results are the same function whichever placement runs them (float64 LAPACK,
 cuSOLVER or MAGMA, each to round-off).
 """
 
@@ -42,7 +43,7 @@ PROBE_MATRICES = 64  # matrices per probe timing: a calibration batch's worth, s
 PROBE_ROUNDS = 3  # timings per placement; the median counts
 
 _setting = {"placement": "auto"}
-# (operation, shape, device name) -> placement, for this process (and the cached file's entries).
+# (device, "operation shape") -> placement, chosen in this process (from the cache or a probe).
 _chosen: dict[tuple[str, str], str] = {}
 Timer = Callable[[str, str, tuple[int, ...], torch.device], float]  # (operation, placement, shape, device) -> s per matrix
 
@@ -121,14 +122,21 @@ def _placement(operation: str, shape: tuple[int, ...], device: torch.device, tim
         entry = table["choices"].get(key)
         if not isinstance(entry, dict) or entry.get("placement") not in _candidates(device):
             entry = table["choices"][key] = probe(operation, shape, device, timer)
-            write_json(machine_cache_file("decompositions", device), table)
+            try:
+                write_json(_cache_path(device), table)
+            except (ChipPruneError, OSError):
+                pass  # an unwritable cache (a read-only home): the choice holds for this process only
         _chosen[str(device), key] = entry["placement"]
     return _chosen[str(device), key]
 
 
+def _cache_path(device: torch.device):
+    return machine_cache_file("decompositions", device, with_cpu=True)
+
+
 def placement_table(device: torch.device) -> dict:
     """This machine's cached probe results: {"machine": .., "choices": {"eigh 256x256": {"placement": .., "seconds": {..}}}}."""
-    path = machine_cache_file("decompositions", device)
+    path = _cache_path(device)
     try:
         table = read_json(path) if path.is_file() else None
     except (OSError, ValueError, ChipPruneError):
@@ -153,7 +161,8 @@ def probe(operation: str, shape: tuple[int, ...], device: torch.device, timer: T
 
 
 def _time_placement(operation: str, where: str, shape: tuple[int, ...], device: torch.device) -> float:
-    x = torch.randn(PROBE_MATRICES, *shape, dtype=torch.float64, device=device)
+    generator = torch.Generator(device=device).manual_seed(0)  # not the caller's random stream
+    x = torch.randn(PROBE_MATRICES, *shape, dtype=torch.float64, device=device, generator=generator)
     if operation == "eigh":
         x = x @ x.mT
     run = functools.partial(_placed, operation, where, x)

@@ -26,7 +26,8 @@ TRACE_BYTES = 4 * 2**30  # growth of resident memory while tracing
 
 
 class _Stop(BaseException):
-    """Raised from the timer's handler; a BaseException, so the tracer's own `except Exception` cannot swallow it."""
+    """Raised from the timer's handler; a BaseException, so `except Exception` cannot swallow it. (A bare
+    `except:` in the tracer can; the timer keeps firing, so the next check stops it.)"""
 
 
 def _resident_bytes() -> int:
@@ -52,14 +53,17 @@ def tracing_guard(what: str, seconds: float = TRACE_SECONDS, extra_bytes: int = 
             raise _Stop(f"took over {extra_bytes / 2**30:.1f} GiB more memory")
 
     previous = signal.signal(signal.SIGALRM, check)
-    signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
+    earlier_timer = signal.setitimer(signal.ITIMER_REAL, 0.5, 0.5)
     try:
         yield
     except _Stop as exc:
         raise ChipPruneError(
             f"tracing {what} {exc} and was stopped: Torch-Pruning cannot follow this network's channels "
-            "(see docs/MODELS.md for what prunes); list layers it trips on with --ignore, or choose another architecture"
+            "(docs/MODELS.md says which models prune); choose another architecture"
         ) from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        if previous is not None:  # None: a handler not installed from Python, which cannot be put back
+            signal.signal(signal.SIGALRM, previous)
+        if earlier_timer[0] > 0:  # a timer the caller had (less the time spent here)
+            signal.setitimer(signal.ITIMER_REAL, max(0.001, earlier_timer[0] - (time.monotonic() - started)), earlier_timer[1])

@@ -36,11 +36,13 @@ _EVAL_BATCH = 256
 
 
 def loader_workers() -> int:
-    """DataLoader workers for the loader path: one per core this process may use, at most 32. (With 8
+    """DataLoader workers for the loader path: one per core this process may use (its share under
+    torchrun), at most 32. (With 8
     on a 16-core H200 machine, decoding 224-pixel JPEGs gave 1,247 images/s against the 4,683 that a
     ResNet-50 training step takes: every core is needed, docs/FINETUNING.md.)"""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(32, cores))
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's processes on this machine share the cores
+    return max(0, min(32, cores // processes))
 
 
 class _FromPosition(Sampler):

@@ -12,6 +12,7 @@ uninterrupted run exactly, and N processes under torchrun see the same augmented
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import time
 import warnings
@@ -73,8 +74,9 @@ COMPILE_PAYS_STEPS = 5000
 
 def compile_mode(asked: str, device: torch.device, steps: int) -> str | None:
     """The torch.compile mode a run uses, or None: ``auto`` is reduce-overhead for long CUDA runs."""
-    if asked == "auto":
-        return "reduce-overhead" if device.type == "cuda" and steps >= COMPILE_PAYS_STEPS else None
+    if asked == "auto":  # torch.compile on CUDA needs Triton; without it, auto stays eager
+        pays = device.type == "cuda" and steps >= COMPILE_PAYS_STEPS and importlib.util.find_spec("triton") is not None
+        return "reduce-overhead" if pays else None
     return None if asked == "off" else asked
 
 

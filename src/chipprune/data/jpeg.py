@@ -25,6 +25,7 @@ from torchvision import io, transforms
 
 from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
+from .transforms import augmentation_seed
 
 __all__ = ["JpegCrops", "is_jpeg_folder", "collate_jpegs", "decode_batch"]
 
@@ -58,7 +59,7 @@ class JpegCrops(Dataset):
             raise ChipPruneError(f"cannot read image {path}: {exc}") from None
         with torch.random.fork_rng(devices=[]):
             # The draws of SeededAugmentation + make_transform's training transform, in their order.
-            torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i * 104_729) % (2**63))
+            torch.default_generator.manual_seed(augmentation_seed(self.seed, self.epoch, i))
             # A (1, H, W) view of one number: get_params reads only the dimensions.
             sized = torch.zeros(1, 1, 1).expand(1, size[1], size[0])
             top, left, h, w = transforms.RandomResizedCrop.get_params(sized, self.crop.scale, self.crop.ratio)

@@ -11,7 +11,12 @@ from torchvision import transforms
 
 from ..models.spec import ModelSpec
 
-__all__ = ["SeededAugmentation", "make_transform", "make_loader"]
+__all__ = ["SeededAugmentation", "augmentation_seed", "make_transform", "make_loader"]
+
+
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of image ``index``'s augmentation in ``epoch`` (the PIL and the GPU-decoding paths draw from it)."""
+    return (seed * 1_000_003 + epoch * 7_919 + index * 104_729) % (2**63)
 
 
 class SeededAugmentation(Dataset):
@@ -29,7 +34,7 @@ class SeededAugmentation(Dataset):
         with torch.random.fork_rng(devices=[]):
             # Only the CPU generator draws augmentations; torch.manual_seed would also queue CUDA
             # seeding on every image, which costs far more than the crop itself.
-            torch.default_generator.manual_seed((self.seed * 1_000_003 + self.epoch * 7_919 + i * 104_729) % (2**63))
+            torch.default_generator.manual_seed(augmentation_seed(self.seed, self.epoch, i))
             return self.base[i]
 
 

@@ -96,20 +96,24 @@ def _timing_noise(predictor: LatencyPredictor) -> float | None:
     return noise() if callable(noise) else None
 
 
+def _load_average() -> float | None:
+    """The machine's one-minute load average, or None where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def _other_load() -> float:
     """The machine's load beyond this process's own math threads, as a fraction of its cores (0.0: nothing else runs)."""
-    try:
-        return max(0.0, os.getloadavg()[0] - torch.get_num_threads()) / (os.cpu_count() or 1)
-    except (OSError, AttributeError):  # no load average on this system
-        return 0.0
+    load = _load_average()
+    return 0.0 if load is None else max(0.0, load - torch.get_num_threads()) / (os.cpu_count() or 1)
 
 
 def _load_text() -> str:
     """The machine's load, a plain fact for messages about noisy timings."""
-    try:
-        return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
-    except (OSError, AttributeError):  # no load average on this system
-        return "load unknown"
+    load = _load_average()
+    return "load unknown" if load is None else f"load average {load:.1f} on {os.cpu_count()} cores"
 
 
 @dataclass

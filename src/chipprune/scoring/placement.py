@@ -3,7 +3,8 @@ cuSOLVER or MAGMA), or on CPU threads across all cores.
 
 Why it is chosen by measurement: PyTorch's batched ``torch.linalg.eigh`` on CUDA uses a batched
 solver only for small matrices (n <= 32) and loops over the batch above that, one small solve at a
-time, so a 16-core CPU can beat an H100 at n = 256 while the GPU wins at n = 32. So the first time
+time: on an H200, 16 CPU cores beat cuSOLVER from n = 64 to 256 and lost at n = 512
+(docs/SCORING.md), and another machine's balance differs. So the first time
 a (decomposition, size, device) is met, a short probe times each placement on a few random
 matrices of that size and the fastest is used from then on; the choice is cached per machine next
 to the latency tables (``~/.cache/chipprune/decompositions/``). ``decompositions_on("cpu")`` (CLI
@@ -12,8 +13,8 @@ to the latency tables (``~/.cache/chipprune/decompositions/``). ``decompositions
 Everything else (Gram matrices, the quadrature) stays on the maps' device; only the (n, k, k) Gram
 matrices (k = the smaller of channels and pixels; the rare SVD fallback sends the maps) travel to
 the CPU and their factors back. The cache is keyed by the GPU, the CPU and its threads, and the
-torch version: a choice for CPU threads holds only where the same cores are. Results are the same function whichever placement runs them (float64 LAPACK,
-cuSOLVER or MAGMA, each to round-off).
+torch version: a choice for CPU threads holds only where the same cores are. Results are the same
+function whichever placement runs them (float64 LAPACK, cuSOLVER or MAGMA, each to round-off).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _linalg_library(name: str) -> Iterator[None]:
         torch.backends.cuda.preferred_linalg_library(previous)
 
 
-def _candidates(device: torch.device) -> list[str]:
+def _candidates() -> list[str]:
     return ["cpu", "cusolver"] + (["magma"] if torch.cuda.has_magma else [])
 
 
@@ -120,7 +121,7 @@ def _placement(operation: str, shape: tuple[int, ...], device: torch.device, tim
     if (str(device), key) not in _chosen:
         table = placement_table(device)
         entry = table["choices"].get(key)
-        if not isinstance(entry, dict) or entry.get("placement") not in _candidates(device):
+        if not isinstance(entry, dict) or entry.get("placement") not in _candidates():
             entry = table["choices"][key] = probe(operation, shape, device, timer)
             try:
                 write_json(_cache_path(device), table)
@@ -150,7 +151,7 @@ def probe(operation: str, shape: tuple[int, ...], device: torch.device, timer: T
     """Time each placement on PROBE_MATRICES random matrices of ``shape``; the fastest, and every time (s per matrix)."""
     timer = timer or _time_placement
     seconds, failed = {}, {}
-    for where in _candidates(device):
+    for where in _candidates():
         try:
             seconds[where] = timer(operation, where, shape, device)
         except RuntimeError as exc:  # this library cannot do this size here: never chosen

@@ -37,9 +37,9 @@ _EVAL_BATCH = 256
 
 def loader_workers() -> int:
     """DataLoader workers for the loader path: one per core this process may use (its share under
-    torchrun), at most 32. (With 8
-    on a 16-core H200 machine, decoding 224-pixel JPEGs gave 1,247 images/s against the 4,683 that a
-    ResNet-50 training step takes: every core is needed, docs/FINETUNING.md.)"""
+    torchrun), at most 32. (With 8 on a 16-core H200 machine, decoding 224-pixel JPEGs gave 1,247
+    images/s against the 4,683 that a ResNet-50 training step takes: every core is needed,
+    docs/FINETUNING.md.)"""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's processes on this machine share the cores
     return max(0, min(32, cores // processes))
@@ -76,6 +76,12 @@ class _TrainBatches:
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
+    def _loader(self, dataset: Dataset, first: int, **options) -> DataLoader:
+        """The DataLoader of this epoch's batches from step ``first`` (the sampler set to the epoch)."""
+        workers = loader_workers()
+        return DataLoader(dataset, batch_size=self.per_rank_batch, sampler=_FromPosition(self.sampler, first * self.per_rank_batch),
+                          drop_last=True, num_workers=workers, prefetch_factor=4 if workers else None, **options)
+
 
 class _LoaderBatches(_TrainBatches):
     def __init__(self, dataset: SeededAugmentation, config_seed: int, per_rank_batch: int, dist_info: Dist, device: torch.device) -> None:
@@ -85,11 +91,7 @@ class _LoaderBatches(_TrainBatches):
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.set_epoch(epoch)
         self.dataset.epoch = epoch
-        workers = loader_workers()
-        loader = DataLoader(self.dataset, batch_size=self.per_rank_batch, sampler=_FromPosition(self.sampler, first * self.per_rank_batch),
-                            drop_last=True, num_workers=workers, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=4 if workers else None)
-        return iter(loader)
+        return iter(self._loader(self.dataset, first, pin_memory=self.device.type == "cuda"))
 
 
 class _JpegBatches(_TrainBatches):
@@ -104,10 +106,7 @@ class _JpegBatches(_TrainBatches):
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.set_epoch(epoch)
         self.crops.epoch = epoch
-        workers = loader_workers()
-        loader = DataLoader(self.crops, batch_size=self.per_rank_batch, sampler=_FromPosition(self.sampler, first * self.per_rank_batch),
-                            drop_last=True, num_workers=workers, collate_fn=collate_jpegs, prefetch_factor=4 if workers else None)
-        for data, lengths, boxes, labels in loader:
+        for data, lengths, boxes, labels in self._loader(self.crops, first, collate_fn=collate_jpegs):
             yield decode_batch(data, lengths, boxes, self.spec, self.device), labels
 
 

@@ -79,8 +79,9 @@ def _spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 def _tall_spectrum(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """_spectrum of (C, M) matrices with C > M: the M x M Gram matrix A^T A has the same non-zero
     spectrum and its eigenvectors V give U = A V / s (faster than the thin SVD of A, whose cost grows
-    with C: the whole CI of 1024 x 14 x 14 maps took 1.6x less on one CPU core). Dividing by s magnifies the eigenvectors' round-off by s_max / s, so
-    images whose smallest eigenvalue is under _TALL_RELIABLE of the largest (a rank-deficient or
+    with C: the whole CI of 1024 x 14 x 14 maps 1.54x faster on one CPU core, bench/tall_maps.py).
+    Dividing by s magnifies the eigenvectors' round-off by s_max / s, so images whose smallest
+    eigenvalue is under _TALL_RELIABLE of the largest (a rank-deficient or
     badly conditioned map) are redone with the thin SVD."""
     row_sq = a.square().sum(-1)
     _check_finite(row_sq)

@@ -179,8 +179,8 @@ def test_eval_with_latency(tmp_path, capsys):
 def test_ignored_layers_and_the_classifier_keep_their_outputs():
     model = load_model("cifar_resnet20", None)[0].eval()
     spec = get_model_spec("cifar_resnet20")
-    dg, groups, classifier = prunable_groups(model, spec, ignored=["layer2.1.conv1"])
-    assert classifier == "linear"
+    dg, groups, outputs = prunable_groups(model, spec, ignored=["layer2.1.conv1"])
+    assert outputs == ["linear"]
     names = {m for g in groups for m in g.members}
     assert "layer2.1.conv1" not in names and "linear" not in names
     with pytest.raises(ChipPruneError, match="names no layer"):

@@ -167,7 +167,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if args.dry_run:  # a latency budget scores every group to plan; the scores are dropped
         groups, found = plan(model, spec, request, calibration=_calibration(args), criterion=args.criterion, device=device,
                              progress=not args.quiet)
-        print(plan_summary(spec.name, groups, found, count_params(model), count_macs(model, spec.image_size), spec.image_size))
+        print(plan_summary(spec.name, groups, found, count_params(model), count_macs(model, spec.example_input()), spec.image_size))
         return
     folder = Path(args.out) if args.out else Path("chipprune-out") / spec.name.replace(":", "_")
     with claim_folder(folder, overwrite=args.overwrite):  # checked and locked before the work, not after
@@ -181,7 +181,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_eval(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     model, record, spec = open_pruned(args.folder, device, model=args.model)
-    params, macs = count_params(model), count_macs(model, spec.image_size)
+    params, macs = count_params(model), count_macs(model, spec.example_input())
     print(f"{record['model']} (pruned, {args.folder}): params {params:,}, MACs {macs:,}")
     if not args.no_accuracy:
         source = open_data(_folder_data(args.folder, args.data))
@@ -195,7 +195,7 @@ def _print_latency(args: argparse.Namespace, model: torch.nn.Module, spec, recor
     """The original (same architecture, random weights: speed does not depend on them) against the
     pruned model, in eager PyTorch and, once exported, in ONNX Runtime."""
     original = spec.build(record.get("num_classes"))
-    mac_ratio = count_macs(original, spec.image_size) / count_macs(model, spec.image_size)
+    mac_ratio = count_macs(original, spec.example_input()) / count_macs(model, spec.example_input())
     onnx_file = Path(args.folder) / "model.onnx"
     use_onnx = onnx_file.is_file()
     if use_onnx and onnx_metadata(onnx_file).get("chipprune_weights_sha256") != str(record.get("weights_sha256")):

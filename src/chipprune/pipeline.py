@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,10 +21,12 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .data.calibration import Calibration
+from .data.calibration import Calibration, calibration_batches
 from .data.sources import DataSource, data_location, open_data
 from .evaluation.latency import compare_models
-from .evaluation.metrics import count_macs, count_params, evaluate, recalibrate_batchnorm
+from .errors import ChipPruneError
+from .evaluation.metrics import count_macs, count_params, recalibrate_batchnorm
+from .evaluation.metrics import evaluate as evaluate_accuracy
 from .io.pruned import PruneResult, pruning_record
 from .models.spec import ModelSpec
 from .planning.plan import Plan
@@ -43,22 +45,23 @@ Traced = tuple[tp.DependencyGraph, list[ChannelGroup], str]  # what prunable_gro
 def score(
     model: nn.Module,
     spec: ModelSpec,
-    calibration: Calibration,
+    calibration: Calibration | Iterable,
     *,
     groups: list[ChannelGroup] | None = None,
     criterion: str | Criterion = "chip",
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> dict[str, GroupScores]:
-    """Score every channel of every prunable group (or of ``groups``) with ``criterion``."""
+    """Score every channel of every prunable group (or of ``groups``) with ``criterion`` on
+    ``calibration``: a Calibration, or an iterable of model inputs."""
     criterion = get_criterion(criterion)
     dg = None  # the dependency graph is needed to find groups, and by weight criteria
     if groups is None or not criterion.needs_images:
         dg, all_groups, _ = prunable_groups(model, spec)
         groups = all_groups if groups is None else groups
-    loader = calibration.loader(spec) if criterion.needs_images else None
-    return criterion.score(model, groups, batches=loader, dg=dg, device=device, seed=calibration.seed, progress=progress,
-                           total=len(loader) if loader is not None else None)
+    batches = calibration_batches(calibration, spec) if criterion.needs_images else None
+    return criterion.score(model, groups, batches=batches, dg=dg, device=device, seed=_seed(calibration), progress=progress,
+                           total=_length(batches) if batches is not None else None)
 
 
 def plan(
@@ -66,7 +69,7 @@ def plan(
     spec: ModelSpec,
     request: PlanRequest,
     *,
-    calibration: Calibration | None = None,
+    calibration: Calibration | Iterable | None = None,
     criterion: str | Criterion = "chip",
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -76,7 +79,7 @@ def plan(
     _, groups, _ = prunable_groups(model, spec, list(request.ignored))
     scores = None
     if request.needs_scores:
-        scores = score(model, spec, calibration or Calibration(), groups=groups, criterion=criterion, device=device, progress=progress)
+        scores = score(model, spec, Calibration() if calibration is None else calibration, groups=groups, criterion=criterion, device=device, progress=progress)
     return groups, make_plan(model, spec, groups, request, scores, device=device, progress=progress)
 
 
@@ -84,9 +87,9 @@ def apply_plan(
     model: nn.Module, spec: ModelSpec, plan: Plan, scores: Mapping[str, GroupScores], traced: Traced, *, criterion: str,
 ) -> dict:
     """Remove the lowest-scoring channels of every group ``plan`` shrinks, in place; the pruning record."""
-    dg, groups, classifier = traced
+    dg, groups, outputs = traced
     removals = remove_channels(model, dg, groups, plan.keep, scores)
-    return pruning_record(model, spec, removals, criterion=criterion, sparsity=plan.description, classifier=classifier,
+    return pruning_record(model, spec, removals, criterion=criterion, sparsity=plan.description, outputs=outputs,
                           round_to=plan.round_to, notes=plan.notes)
 
 
@@ -108,14 +111,14 @@ def prune_to_plan(
     evaluation or timing."""
     criterion = get_criterion(criterion)
     model = model.to(device)
-    params, macs = count_params(model), count_macs(model, spec.image_size)
+    params, macs = count_params(model), count_macs(model, spec.example_input())
     traced = prunable_groups(model.eval(), spec, list(plan.ignored))
     if scores is None:
         shrunk = [g for g in traced[1] if plan.keep[g.name] < g.channels]
         scores = criterion.score(model, shrunk, batches=batches, dg=traced[0], device=device, seed=seed, progress=progress)
     record = apply_plan(model, spec, plan, scores, traced, criterion=criterion.name)
     report = PruneReport(spec.name, criterion.name, plan.description, None, None, params, macs, count_params(model),
-                         count_macs(model, spec.image_size), next((s.images for s in scores.values()), 0))
+                         count_macs(model, spec.example_input()), next((s.images for s in scores.values()), 0))
     return PruneResult(model, spec, record, report, list(plan.notes))
 
 
@@ -131,80 +134,98 @@ def prune(
     spec: ModelSpec,
     request: PlanRequest | str | None = None,
     *,
-    calibration: Calibration | None = None,
+    calibration: Calibration | Iterable | None = None,
     criterion: str | Criterion = "chip",
     evaluate_on: str | Path | bool = True,
+    evaluate: Callable[[nn.Module], float] | None = None,
     recalibrate_bn: bool = True,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> PruneResult:
-    """Plan, score and remove channels of ``model`` in place; evaluate before and after when test data exists.
+    """Plan, score and remove channels of ``model`` in place; evaluate before and after.
 
     ``request``: a PlanRequest, or a sparsity string (a paper string, one ratio, a plan file);
     None: the paper's setting for the model. Latency budgets also time the original against the
-    pruned model. ``evaluate_on``: True evaluates on the calibration data's test split, a path on
-    that data, False not at all. BatchNorm statistics are re-estimated on the calibration images.
+    pruned model. ``calibration``: a Calibration (images from a data path), or any iterable of model
+    inputs, exactly as ``model(...)`` takes them (a list or a DataLoader: it is read twice).
+    ``evaluate``: your own measure, ``evaluate(model) -> float``, taken before and after, for any task.
+    Classifiers are also evaluated on a test split: ``evaluate_on`` True takes the calibration data's,
+    a path that data, False none. BatchNorm statistics are re-estimated on the calibration batches.
     """
     request = request if isinstance(request, PlanRequest) else PlanRequest(sparsity=request)
-    calibration, criterion = calibration or Calibration(), get_criterion(criterion)
+    calibration, criterion = Calibration() if calibration is None else calibration, get_criterion(criterion)
     model = model.to(device).eval()
     timings: dict[str, float] = {}
     with _timed(timings, "plan_s"):
         traced = prunable_groups(model, spec, list(request.ignored))
         plan = None if request.needs_scores else make_plan(model, spec, traced[1], request, device=device, progress=progress)
-    source, test_source = _open_data(calibration, evaluate_on, criterion.needs_images or recalibrate_bn)
-    _warn_on_fewer_classes(test_source, classifier_outputs(model, traced[2]))
+    source, test_source = _open_data(calibration, spec, evaluate_on, criterion.needs_images or recalibrate_bn)
+    if test_source is not None:
+        _warn_on_fewer_classes(test_source, classifier_outputs(model, traced[2][-1]))
     report = PruneReport(
-        spec.name, criterion.name, plan.description if plan else "", source.description if source else None,
-        data_location(calibration.data) if source else None, count_params(model), count_macs(model, spec.image_size),
+        spec.name, criterion.name, plan.description if plan else "", _data_description(calibration, source),
+        data_location(calibration.data) if source else None, count_params(model), count_macs(model, spec.example_input()),
     )
     test_loader = test_source.test_loader(spec) if test_source is not None else None
-    if test_loader is not None:
-        with _timed(timings, "evaluate_before_s"):
-            before = evaluate(model, test_loader, device, progress=progress, desc="test (before)")
-        report.top1_before, report.top5_before, report.test_images = before["top1"], before["top5"], before["images"]
-    loader = calibration.loader(spec, source) if criterion.needs_images else None
+    report.not_measured = _why_not_measured(spec, test_loader, evaluate)
+    _evaluate_model(model, report, "before", test_loader, evaluate, device, progress, timings)
+    batches = calibration_batches(calibration, spec, source) if criterion.needs_images or recalibrate_bn else None
     original = copy.deepcopy(model) if request.needs_scores else None  # timed against the pruned model
     scores = None
     if plan is None:
         # A latency plan needs every group's scores first: they decide where channels are cheapest.
         with _timed(timings, "latency_plan_s"):
-            scores = _score_groups(criterion, model, traced, traced[1], loader, calibration.seed, device, progress)
+            scores = _score_groups(criterion, model, traced, traced[1], batches, _seed(calibration), device, progress)
             plan = make_plan(model, spec, traced[1], request, scores, device=device, progress=progress)
     report.sparsity = plan.description
     with _timed(timings, "score_and_prune_s"):
         shrunk = [g for g in traced[1] if plan.keep[g.name] < g.channels]
         if scores is None:
-            scores = _score_groups(criterion, model, traced, shrunk, loader, calibration.seed, device, progress)
+            scores = _score_groups(criterion, model, traced, shrunk, batches, _seed(calibration), device, progress)
         record = apply_plan(model, spec, plan, scores, traced, criterion=criterion.name)
-    report.params_after, report.macs_after = count_params(model), count_macs(model, spec.image_size)
+    report.params_after, report.macs_after = count_params(model), count_macs(model, spec.example_input())
     report.calibration_images = next((scores[g.name].images for g in shrunk), 0)
-    _evaluate_after(model, spec, report, test_loader, source if recalibrate_bn else None, loader, calibration, device, progress, timings)
-    if original is not None:
+    _recalibrate_and_evaluate(model, report, test_loader, batches if recalibrate_bn else None, evaluate, device, progress, timings)
+    if original is not None:  # a latency budget: the promise is checked by timing
         report.latency_ms = compare_models(original, model, spec.image_size, plan.latency, device=device, progress=progress)
-        report.predicted_ms = plan.latency
-        report.predicted_speedup = {b: p["original_ms"] / p["predicted_ms"] for b, p in plan.latency.items()}
+        report.predicted_ms, report.predicted_speedup = plan.latency, {b: p["original_ms"] / p["predicted_ms"] for b, p in plan.latency.items()}
     report.timings = timings
     return PruneResult(model, spec, record, report, list(plan.notes))
 
 
-def _score_groups(criterion: Criterion, model: nn.Module, traced: Traced, groups: list[ChannelGroup], loader, seed: int,
+def _seed(calibration: Calibration | Iterable) -> int:
+    return calibration.seed if isinstance(calibration, Calibration) else 0
+
+
+def _length(batches) -> int | None:
+    try:
+        return len(batches)
+    except TypeError:  # an iterable without a length: the progress bar counts without a total
+        return None
+
+
+def _score_groups(criterion: Criterion, model: nn.Module, traced: Traced, groups: list[ChannelGroup], batches, seed: int,
                   device: torch.device | str, progress: bool) -> dict[str, GroupScores]:
-    return criterion.score(model, groups, batches=loader, dg=traced[0], device=device, seed=seed, progress=progress,
-                           total=len(loader) if loader is not None else None)
+    return criterion.score(model, groups, batches=batches, dg=traced[0], device=device, seed=seed, progress=progress,
+                           total=_length(batches) if batches is not None else None)
 
 
-def _open_data(calibration: Calibration, evaluate_on: str | Path | bool, needs_images: bool) -> tuple[DataSource | None, DataSource | None]:
-    """The calibration data (when anything reads it) and the data to evaluate on (None: no evaluation)."""
-    source = open_data(calibration.data) if needs_images or evaluate_on is True else None
-    if evaluate_on is False:
+def _open_data(calibration: Calibration | Iterable, spec: ModelSpec, evaluate_on: str | Path | bool,
+               needs_images: bool) -> tuple[DataSource | None, DataSource | None]:
+    """The calibration data (when anything reads it and it comes from a data path) and the data to
+    evaluate a classifier on (None: no such evaluation)."""
+    own_data = isinstance(calibration, Calibration)
+    source = open_data(calibration.data) if own_data and (needs_images or evaluate_on is True) else None
+    if evaluate_on is False or spec.task != "classification":
         return source, None
-    return source, source if evaluate_on is True else open_data(evaluate_on)
+    if evaluate_on is True:
+        return source, source if source is not None and source.has_test else None
+    return source, open_data(evaluate_on)
 
 
-def _warn_on_fewer_classes(test_source: DataSource | None, outputs: int) -> None:
+def _warn_on_fewer_classes(test_source: DataSource, outputs: int) -> None:
     # More classes than the model predicts are refused later, by the evaluation.
-    if test_source is not None and test_source.classes is not None and test_source.classes < outputs:
+    if test_source.classes is not None and test_source.classes < outputs:
         warnings.warn(
             f"{test_source.description} has {test_source.classes} classes, the model predicts {outputs}: "
             "accuracy compares the data's labels with the model's class indices, which only means something "
@@ -212,18 +233,55 @@ def _warn_on_fewer_classes(test_source: DataSource | None, outputs: int) -> None
         )
 
 
-def _evaluate_after(model, spec, report: PruneReport, test_loader, bn_source: DataSource | None, loader, calibration: Calibration,
+def _data_description(calibration: Calibration | Iterable, source: DataSource | None) -> str | None:
+    return source.description if source is not None else None if isinstance(calibration, Calibration) else "your calibration batches"
+
+
+def _why_not_measured(spec: ModelSpec, test_loader, evaluate: Callable | None) -> str | None:
+    if test_loader is not None or evaluate is not None:
+        return None
+    if spec.task != "classification":
+        return (f"a {spec.task} model: chipprune measures accuracy for classifiers only; "
+                "give your metric as evaluate=... in the Python API (docs/ANY_MODEL.md)")
+    return "no labelled test images (an ImageFolder with test/ or val/ class folders, or --eval-data)"
+
+
+def _evaluate_model(model: nn.Module, report: PruneReport, when: str, test_loader, evaluate: Callable | None,
                     device, progress: bool, timings: dict[str, float]) -> None:
-    """Accuracy as pruned, BatchNorm statistics re-estimated on the calibration images, accuracy again."""
+    """Top-1/top-5 on the test split and the user's own measure, ``when`` "before" or "after" pruning."""
+    if test_loader is None and evaluate is None:
+        return
+    with _timed(timings, f"evaluate_{when}_s"):
+        if test_loader is not None:
+            result = evaluate_accuracy(model, test_loader, device, progress=progress, desc=f"test ({when})")
+            setattr(report, f"top1_{when}", result["top1"])
+            setattr(report, f"top5_{when}", result["top5"])
+            report.test_images = result["images"]
+        if evaluate is not None:
+            setattr(report, f"metric_{when}", _user_metric(evaluate, model))
+
+
+def _user_metric(evaluate: Callable[[nn.Module], float], model: nn.Module) -> float:
+    was_training = model.training
+    try:
+        value = evaluate(model.eval())
+    finally:
+        model.train(was_training)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ChipPruneError(f"evaluate(model) must return a number, it returned {type(value).__name__}") from None
+
+
+def _recalibrate_and_evaluate(model: nn.Module, report: PruneReport, test_loader, bn_batches, evaluate: Callable | None,
+                              device, progress: bool, timings: dict[str, float]) -> None:
+    """Accuracy as pruned, BatchNorm statistics re-estimated on the calibration batches, quality again."""
     if test_loader is not None:
-        raw = evaluate(model, test_loader, device, progress=progress, desc="test (pruned)")
+        raw = evaluate_accuracy(model, test_loader, device, progress=progress, desc="test (pruned)")
         report.top1_after_no_bn_recalibration, report.top5_after_no_bn_recalibration = raw["top1"], raw["top5"]
-    if bn_source is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+    if bn_batches is not None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         with _timed(timings, "bn_recalibration_s"):
-            # The calibration images again (the same crops: augmentation is seeded per image).
-            bn_loader = loader if loader is not None else calibration.loader(spec, bn_source)
-            report.bn_recalibration_images = recalibrate_batchnorm(model, bn_loader, device)
+            # The calibration batches again (the same crops: augmentation is seeded per image).
+            report.bn_recalibration_images = recalibrate_batchnorm(model, bn_batches, device)
             report.bn_recalibrated = True
-    if test_loader is not None:
-        after = evaluate(model, test_loader, device, progress=progress, desc="test (after)")
-        report.top1_after, report.top5_after = after["top1"], after["top5"]
+    _evaluate_model(model, report, "after", test_loader, evaluate, device, progress, timings)

@@ -39,6 +39,10 @@ class PruneReport:
     top5_after: float | None = None
     bn_recalibrated: bool = False
     bn_recalibration_images: int = 0
+    # A user's own measure (the Python API's ``evaluate(model) -> float``), before and after.
+    metric_before: float | None = None
+    metric_after: float | None = None
+    not_measured: str | None = None  # why no quality figure was measured, said in the summary
     latency_ms: dict[str, Comparison] = field(default_factory=dict)  # by batch size
     # Latency plans, by batch size: the table's prediction ({original_ms, predicted_ms}, at the table's
     # reference speed: compare speed-ups, not milliseconds) and the predicted speed-up.

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from .errors import ChipPruneError
 
 __all__ = [
-    "resolve_device", "device_of", "autocast", "machine_fingerprint", "machine_cache_file",
+    "resolve_device", "device_of", "autocast", "move_to", "batch_length", "machine_fingerprint", "machine_cache_file",
     "Dist", "setup_distributed", "teardown_distributed", "world", "all_reduce_sum", "barrier", "broadcast_module",
 ]
 
@@ -50,6 +50,32 @@ def device_of(model: torch.nn.Module) -> torch.device:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed precision on CUDA in ``dtype``; a no-op on other devices or when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None and device.type == "cuda")
+
+
+def move_to(inputs, device: torch.device | str):
+    """``inputs`` (a tensor, or lists, tuples and dicts of them, as a model takes them) on ``device``."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(move_to(x, device) for x in inputs)
+    if isinstance(inputs, dict):
+        return {k: move_to(v, device) for k, v in inputs.items()}
+    return inputs
+
+
+def batch_length(inputs) -> int:
+    """How many samples a model input holds: a tensor's first dimension, a list of images' length
+    (torchvision's detectors), the first tensor's of a tuple or dict."""
+    if isinstance(inputs, torch.Tensor):
+        return int(inputs.shape[0]) if inputs.dim() else 1
+    if isinstance(inputs, list) and inputs and all(isinstance(x, torch.Tensor) and x.dim() == 3 for x in inputs):
+        return len(inputs)  # a list of (C, H, W) images
+    values = list(inputs.values()) if isinstance(inputs, dict) else list(inputs) if isinstance(inputs, (list, tuple)) else []
+    for value in values:
+        if isinstance(value, (torch.Tensor, list, tuple, dict)):
+            return batch_length(value)
+    raise ChipPruneError(f"cannot tell how many samples a model input of type {type(inputs).__name__} holds; "
+                         "give tensors (N, ...), lists of images, or tuples/dicts of tensors")
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader, Subset
 
@@ -14,7 +16,7 @@ from ..runtime import world
 from .sources import DataSource, open_data
 from .transforms import SeededAugmentation, make_loader, make_transform
 
-__all__ = ["Calibration"]
+__all__ = ["Calibration", "ModelBatches", "calibration_batches"]
 
 
 @dataclass
@@ -52,3 +54,36 @@ class Calibration:
             share = list(range(len(loader.dataset)))[rank::processes]
             loader = make_loader(Subset(loader.dataset, share), self.batch_size)
         return loader
+
+
+class ModelBatches:
+    """(model input, label) pairs from (images, labels) batches or from a user's inputs: what scoring
+    and BatchNorm re-estimation read. Images become the model's input (a list for torchvision's
+    detectors); a user's inputs are passed as they are, with no labels."""
+
+    def __init__(self, batches: Iterable, spec: ModelSpec | None = None, *, labelled: bool = True) -> None:
+        self.batches, self.spec, self.labelled = batches, spec, labelled
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        for batch in self.batches:
+            if not self.labelled:
+                yield batch, None
+                continue
+            x, y = batch
+            yield (self.spec.model_input(x) if self.spec is not None else x), y
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+
+def calibration_batches(calibration: Calibration | Iterable, spec: ModelSpec, source: DataSource | None = None) -> ModelBatches:
+    """The batches that score the channels: a ``Calibration``'s images as ``spec``'s model takes them, or
+    a user's iterable of model inputs (read more than once: a list or a DataLoader, not a generator)."""
+    if isinstance(calibration, Calibration):
+        return ModelBatches(calibration.loader(spec, source), spec)
+    if isinstance(calibration, Iterator) or not isinstance(calibration, Iterable):
+        raise ChipPruneError(
+            "calibration must be a Calibration, or an iterable of model inputs that can be read more than once "
+            f"(a list or a DataLoader); got {type(calibration).__name__}"
+        )
+    return ModelBatches(calibration, labelled=False)

@@ -3,7 +3,9 @@
 ``--data`` accepts:
   * ``bundled`` (or nothing): 640 CIFAR-10 training images and 1,000 test images shipped in the package;
   * a folder holding ``cifar-10-batches-py`` (or that folder itself), read without unrestricted pickle;
-  * an ImageFolder root with ``train/`` and ``test/`` (or ``val/``) class folders.
+  * an ImageFolder root with ``train/`` and ``test/`` (or ``val/``) class folders;
+  * a folder of images without labels (any depth of subfolders, no ``train/``): calibration images
+    for models chipprune does not evaluate itself (detectors, segmenters), or to score without testing.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class DataSource:
     build: Callable[[str, Callable], Dataset]  # (split "train"/"test", transform) -> Dataset
     image_size: int | None  # native size when known (32 for CIFAR), else None
     classes: int | None = None  # number of classes when known
+    has_test: bool = True  # False: images without labels, for calibration only
 
     def split(self, split: str, transform: Callable) -> Dataset:
         return self.build(split, transform)
@@ -201,6 +204,41 @@ def _image_folder(root: Path) -> DataSource:
     return DataSource(f"ImageFolder {root}", build, None, len(train_classes))
 
 
+class _UnlabelledImages(Dataset):
+    """Every image under a folder (sorted paths, links to folders already read skipped), label 0."""
+
+    def __init__(self, paths: list[str], transform: Callable) -> None:
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(read_image(self.paths[i])), 0
+
+
+def _image_files(root: Path) -> list[str]:
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        found += [os.path.join(folder, f) for f in sorted(files) if datasets.folder.has_file_allowed_extension(f, datasets.folder.IMG_EXTENSIONS)]
+    return found
+
+
+def _unlabelled_folder(root: Path, paths: list[str]) -> DataSource:
+    def build(split: str, transform: Callable) -> Dataset:
+        if split != "train":
+            raise ChipPruneError(f"{root} holds images without labels: there is nothing to test on")
+        return _UnlabelledImages(paths, transform)
+
+    return DataSource(f"{len(paths)} unlabelled images in {root}", build, None, None, has_test=False)
+
+
 def data_location(path: str | Path | None) -> str:
     """How a run records its data, so that later commands can default to it: 'bundled' or an absolute path."""
     return BUNDLED if path is None or str(path) == BUNDLED else str(Path(path).resolve())
@@ -219,7 +257,10 @@ def open_data(path: str | Path | None) -> DataSource:
         return _cifar_root(root)
     if (root / "train").is_dir() and ((root / "test").is_dir() or (root / "val").is_dir()):
         return _image_folder(root)
+    images = _image_files(root) if root.is_dir() and not (root / "train").is_dir() else []
+    if images:
+        return _unlabelled_folder(root, images)
     raise ChipPruneError(
-        f"{root} is neither a CIFAR-10 root (with cifar-10-batches-py/) nor an ImageFolder root "
-        "(with train/ and test/ or val/ class folders). Use --data bundled for the shipped sample."
+        f"{root} is neither a CIFAR-10 root (with cifar-10-batches-py/), an ImageFolder root "
+        "(with train/ and test/ or val/ class folders) nor a folder of images. Use --data bundled for the shipped sample."
     )

@@ -7,6 +7,7 @@ matrix multiplies: the convention of the CHIP paper's baseline figures (conv + l
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -14,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from ..errors import ChipPruneError
-from ..runtime import all_reduce_sum, autocast, device_of
+from ..runtime import all_reduce_sum, autocast, batch_length, device_of, move_to
 
 __all__ = ["count_params", "count_macs", "check_labels", "evaluate", "correct_flags", "recalibrate_batchnorm"]
 
@@ -34,14 +35,17 @@ def check_labels(classes: int, labels: torch.Tensor) -> None:
         )
 
 
-def count_macs(model: nn.Module, image_size: int, channels: int = 3) -> int:
-    """Multiply-accumulates of one forward pass on one ``image_size`` x ``image_size`` image."""
+def count_macs(model: nn.Module, inputs: int | Any, channels: int = 3) -> int:
+    """Multiply-accumulates of one forward pass on ``inputs``: the model's input (``ModelSpec.example_input``),
+    or an image size (one blank ``inputs`` x ``inputs`` image)."""
     device = device_of(model)
+    if isinstance(inputs, int):
+        inputs = torch.zeros(1, channels, inputs, inputs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(1, channels, image_size, image_size, device=device))
+            model(move_to(inputs, device))
     finally:
         model.train(was_training)
     return int(counter.get_total_flops() // 2)
@@ -92,26 +96,27 @@ def correct_flags(
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool)
 
 
-def recalibrate_batchnorm(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu"
-) -> int:
-    """Re-estimate BatchNorm running statistics on ``batches`` (no weights change). Returns images used.
+def recalibrate_batchnorm(model: nn.Module, batches: Iterable[tuple[Any, Any]], device: torch.device | str = "cpu") -> int:
+    """Re-estimate BatchNorm running statistics on ``batches`` ((model input, anything) pairs; no
+    weights change). Returns the samples used.
 
     Pruning removes channels that fed later layers, so their input statistics shift; a cumulative
-    average over a few batches in train mode repairs the stored statistics.
+    average over a few batches repairs the stored statistics. Only the BatchNorm layers are put in
+    training mode: the model runs as in inference otherwise (dropout off, a detector's inference path).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m, m.momentum) for m in bns]
+    model.eval()
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average over all batches seen
-    model.train()
+        m.train()
     images = 0
     try:
         with torch.no_grad():
             for x, _ in batches:
-                model(x.to(device))
-                images += x.shape[0]
+                model(move_to(x, device))
+                images += batch_length(x)
     finally:
         for m, momentum in saved:
             m.momentum = momentum

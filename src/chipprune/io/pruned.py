@@ -65,22 +65,28 @@ def pruning_record(
     *,
     criterion: str | None,
     sparsity: str,
-    classifier: str | None = None,
+    outputs: list[str] | None = None,
     round_to: int = 1,
     notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """The ``pruning.json`` that lets ``load_pruned`` rebuild ``model``: its name, input and the
-    channels each group lost (no removals: the model as built)."""
-    classifier = classifier or find_classifier(model.eval(), example_input(spec, device_of(model)))
+    channels each group lost (no removals: the model as built). ``outputs``: its output layers
+    (found again when not given)."""
+    if outputs is None:
+        outputs = [find_classifier(model.eval(), example_input(spec, device_of(model)))]
+    classifier = outputs[-1] if spec.task == "classification" and len(outputs) == 1 else None
     return {
         "format": PRUNED_FORMAT,
         "chipprune_version": __version__,
         "model": spec.name,
-        "num_classes": classifier_outputs(model, classifier),
+        "task": spec.task,
+        # A classifier's classes are its output layer's width; other models record the count they were built with.
+        "num_classes": classifier_outputs(model, classifier) if classifier else (spec.num_classes or None),
         "image_size": spec.image_size,
         "mean": list(spec.mean),
         "std": list(spec.std),
         "classifier": classifier,
+        "output_layers": list(outputs),
         "criterion": criterion,
         "sparsity": sparsity,
         "round_to": round_to,

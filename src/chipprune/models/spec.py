@@ -15,17 +15,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..errors import ChipPruneError
+from ..runtime import move_to
 from .layers import LAYER_PRUNERS
 
-__all__ = ["LayoutEntry", "ModelSpec", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = ["LayoutEntry", "ModelSpec", "TASKS", "IMAGENET_MEAN", "IMAGENET_STD", "CIFAR_MEAN", "CIFAR_STD"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+# What a model's outputs are. Only classifiers have a metric chipprune computes itself (top-1/top-5
+# accuracy on labelled images); the others are measured by a user's ``evaluate`` function, or not at all.
+TASKS = ("classification", "detection", "segmentation", "custom")
 
 
 @dataclass(frozen=True)
@@ -60,11 +66,30 @@ class ModelSpec:
     unsupported: str | None = None
     # Torch-Pruning pruning functions for layer types it does not know (default: chipprune's own layers).
     custom_pruners: Mapping[type, Any] = field(default_factory=lambda: dict(LAYER_PRUNERS), hash=False, compare=False)
+    task: str = "classification"  # one of TASKS
+    # The model takes a list of (3, H, W) images, not a batch tensor (torchvision's detectors).
+    images_as_list: bool = False
+    # For models whose input is not an image batch: one input exactly as the model takes it.
+    example: Any = field(default=None, hash=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ChipPruneError(f"unknown task '{self.task}' for {self.name}; one of {', '.join(TASKS)}")
 
     def bundled_weights_path(self) -> Path | None:
         if self.bundled_weights is None:
             return None
         return Path(str(resources.files("chipprune") / "assets" / self.bundled_weights))
+
+    def model_input(self, images: torch.Tensor) -> Any:
+        """A batch of images (N, 3, H, W) as the model takes it."""
+        return list(images) if self.images_as_list else images
+
+    def example_input(self, device: torch.device | str = "cpu") -> Any:
+        """One input of the size the model is traced, counted and timed at: ``example``, or a blank image."""
+        if self.example is not None:
+            return move_to(self.example, device)
+        return self.model_input(torch.zeros(1, 3, self.image_size, self.image_size, device=device))
 
     def build(self, num_classes: int | None = None) -> nn.Module:
         """A freshly initialised model (nothing is downloaded)."""

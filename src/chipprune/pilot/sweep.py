@@ -110,7 +110,7 @@ def run_pilot(
                       f"{level.latency.after_ms:.2f} ms")
         levels.append(level)
     baseline = PilotBaseline(
-        count_params(model), count_macs(model, spec.image_size), 100 * float(base_flags.double().mean()),
+        count_params(model), count_macs(model, spec.example_input()), 100 * float(base_flags.double().mean()),
         wilson_interval(int(base_flags.sum()), base_flags.numel(), settings.confidence), base_flags.numel(), settings.throughput_batch,
         statistics.median(lv.latency.before_ms for lv in levels), statistics.median(lv.throughput.before_ms for lv in levels),
     )
@@ -153,7 +153,7 @@ def _measure_level(model, spec, target: float, scores, settings: PilotSettings, 
     low, high = wilson_interval(int(flags.sum()), flags.numel(), settings.confidence)
     latency = compare_models(model, candidate, spec.image_size, [1, settings.throughput_batch], device=device, progress=progress)
     return PilotLevel(
-        target, count_params(candidate), count_macs(candidate, spec.image_size), 100 * float(flags.double().mean()), low, high,
+        target, count_params(candidate), count_macs(candidate, spec.example_input()), 100 * float(flags.double().mean()), low, high,
         drop, drop_low, drop_high, settings.finetune_epochs, latency["1"], latency[str(settings.throughput_batch)],
     )
 

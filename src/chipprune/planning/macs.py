@@ -19,7 +19,7 @@ __all__ = ["plan_for_macs"]
 def plan_for_macs(model: nn.Module, spec: ModelSpec, groups: Sequence[ChannelGroup], target: float, round_to: int = 1) -> Plan:
     """Channels per group so that the MACs are within 1% of ``target`` (<= 1: a fraction of the
     model's MACs; above: a count), or as close as the width steps allow (a note says so)."""
-    base = count_macs(model, spec.image_size)
+    base = count_macs(model, spec.example_input())
     goal = _goal(target, base)
     best = _bisect_level(model, spec, groups, target, base, round_to)
     if abs(best.macs - goal) > 0.01 * goal:

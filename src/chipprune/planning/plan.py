@@ -51,7 +51,7 @@ def size_after(model: nn.Module, spec: ModelSpec, groups: Sequence[ChannelGroup]
     """Params and MACs of ``model`` with ``keep[g]`` channels per group (any channels: sizes do not
     depend on which)."""
     trial = pruned_copy(model, spec, groups, keep)
-    return count_params(trial), count_macs(trial, spec.image_size)
+    return count_params(trial), count_macs(trial, spec.example_input())
 
 
 def plan_from_keep(

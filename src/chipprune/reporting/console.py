@@ -61,6 +61,11 @@ def prune_summary(report: PruneReport, record: dict[str, Any], folder: str | Non
                 f"{r.bn_recalibration_images} calibration images (without that: top-1 {r.top1_after_no_bn_recalibration:.2f}%)."
             )
         lines.append(f"  test set: {r.test_images} images.")
+    if r.metric_before is not None and r.metric_after is not None:
+        lines.append(f"{'metric':14}{r.metric_before:>14.4g}{r.metric_after:>14.4g}{r.metric_after - r.metric_before:>+10.4g}"
+                     "  (your evaluate function; 'after' with BatchNorm re-estimated, before fine-tuning)")
+    if r.not_measured:
+        lines.append(f"accuracy: not measured ({r.not_measured})")
     for batch, c in r.latency_ms.items():
         predicted = f"; predicted {r.predicted_speedup[batch]:.2f}x" if batch in r.predicted_speedup else ""
         lines.append(f"{'ms, batch ' + batch:14}{c.before_ms:>14.2f}{c.after_ms:>14.2f}{change(c.before_ms, c.after_ms):>10}"

@@ -22,13 +22,14 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..errors import ChipPruneError
-from ..runtime import all_reduce_sum, world
+from ..runtime import all_reduce_sum, batch_length, move_to, world
 from ..surgery.groups import ChannelGroup
 
 __all__ = ["PerImageScore", "GroupScores", "score_groups", "spearman", "UNSTABLE_BELOW"]
@@ -175,7 +176,7 @@ class _MapCollector:
 def score_groups(
     model: nn.Module,
     groups: Iterable[ChannelGroup],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[Any, Any]],
     score_fn: PerImageScore,
     *,
     label: str = "chip",
@@ -183,8 +184,8 @@ def score_groups(
     progress: bool = True,
     total: int | None = None,
 ) -> dict[str, GroupScores]:
-    """Score all channels of ``groups`` on the images of ``batches`` with ``score_fn`` (``label``
-    names it in the progress bar)."""
+    """Score all channels of ``groups`` on the images of ``batches`` ((model input, anything) pairs)
+    with ``score_fn`` (``label`` names it in the progress bar)."""
     groups = list(groups)
     for g in groups:
         if not g.sources:
@@ -195,8 +196,8 @@ def score_groups(
     collector = _MapCollector(groups, score_fn)
     with collector.hooked(model), torch.inference_mode():
         for x, _ in tqdm(batches, desc=f"scoring ({label})", total=total, disable=not progress, unit="batch"):
-            model(x.to(device))
-            collector.end_batch(x.shape[0])
+            model(move_to(x, device))
+            collector.end_batch(batch_length(x))
     images = _reduce_across_processes(collector.accumulators, collector.images, device)
     if images == 0:
         raise ChipPruneError("no calibration images: the data split is empty")

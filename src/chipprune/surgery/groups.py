@@ -22,7 +22,10 @@ from ..models.spec import ModelSpec
 from ..runtime import device_of
 from .guard import tracing_guard
 
-__all__ = ["FeatureSource", "ChannelGroup", "example_input", "find_classifier", "build_graph", "build_groups", "prunable_groups", "classifier_outputs"]
+__all__ = [
+    "FeatureSource", "ChannelGroup", "example_input", "find_classifier", "build_graph", "output_layers", "build_groups",
+    "prunable_groups", "classifier_outputs",
+]
 
 
 @dataclass
@@ -55,8 +58,8 @@ class ChannelGroup:
     couplings: list[tuple[str, str, int]] = field(default_factory=list)
 
 
-def find_classifier(model: nn.Module, example: torch.Tensor) -> str:
-    """Name of the last Linear/Conv layer run in a forward pass: the classifier, never pruned."""
+def find_classifier(model: nn.Module, example: Any) -> str:
+    """Name of the last Linear/Conv layer run in a forward pass: a classifier's output layer."""
     order: list[str] = []
     hooks = [
         m.register_forward_hook(lambda _m, _i, _o, n=n: order.append(n))
@@ -74,26 +77,47 @@ def find_classifier(model: nn.Module, example: torch.Tensor) -> str:
     return order[-1]
 
 
-def example_input(spec: ModelSpec, device: torch.device | str = "cpu") -> torch.Tensor:
-    """One blank image of the size ``spec``'s model is traced and counted at."""
-    return torch.zeros(1, 3, spec.image_size, spec.image_size, device=device)
+def example_input(spec: ModelSpec, device: torch.device | str = "cpu") -> Any:
+    """One input of the size ``spec``'s model is traced and counted at (``ModelSpec.example_input``)."""
+    return spec.example_input(device)
 
 
-def build_graph(model: nn.Module, example: torch.Tensor, pruners: Mapping[type, Any] | None = None) -> tp.DependencyGraph:
+def _forward_showing_every_layer(layer_types: tuple[type, ...]):
+    """A Torch-Pruning ``forward_fn`` that returns, beside the model's outputs, every output of a layer
+    of ``layer_types``. Torch-Pruning follows the graph back from the outputs it is given; a layer
+    whose result reaches them only through a detached tensor (a detector's region proposals) would
+    otherwise be missing from the graph, and pruning the channels it reads would break it."""
+
+    def forward(model: nn.Module, inputs: Any) -> Any:
+        seen: list[torch.Tensor] = []
+        hooks = [m.register_forward_hook(lambda _m, _i, out: seen.append(out) if isinstance(out, torch.Tensor) else None)
+                 for m in model.modules() if isinstance(m, layer_types)]
+        try:
+            return model(inputs), seen
+        finally:
+            for h in hooks:
+                h.remove()
+
+    return forward
+
+
+def build_graph(model: nn.Module, example: Any, pruners: Mapping[type, Any] | None = None) -> tp.DependencyGraph:
     """Trace ``model`` on ``example`` into Torch-Pruning's dependency graph (``pruners``: pruning
     functions for the model's own layer types, from its ModelSpec).
 
     Nothing is left out of the trace: ignored layers keep their output channels but must still
     lose input channels when the layers feeding them are pruned.
     """
+    pruners = dict(pruners or {})
+    forward = _forward_showing_every_layer((nn.Conv2d, nn.Linear, *pruners))
     try:
         with torch.enable_grad(), warnings.catch_warnings():
             # Parameters outside layers (ConvNeXt's layer_scale, shape (C, 1, 1)) are pruned along their
             # channel dimension, which is what we want; the notice about it is noise for our users.
             warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
             with tracing_guard(type(model).__name__):
-                return tp.DependencyGraph().build_dependency(model, example_inputs=example, customized_pruners=dict(pruners or {}))
-    except (ArithmeticError, IndexError, KeyError, ValueError, RuntimeError, AssertionError) as exc:
+                return tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=forward, customized_pruners=pruners)
+    except (ArithmeticError, IndexError, KeyError, ValueError, RuntimeError, AssertionError, TypeError) as exc:
         # Torch-Pruning 1.6 cannot follow some channel reorderings, e.g. ShuffleNetV2's channel shuffle.
         raise ChipPruneError(
             f"Torch-Pruning could not trace which channels of {type(model).__name__} are coupled "
@@ -102,18 +126,52 @@ def build_graph(model: nn.Module, example: torch.Tensor, pruners: Mapping[type, 
         ) from None
 
 
+def output_layers(model: nn.Module, dg: tp.DependencyGraph) -> list[str]:
+    """The layers whose output channels are the model's outputs (a classifier, a detector's box and
+    class predictors, a segmenter's per-pixel classifier), in module order: every Conv2d or Linear
+    whose result reaches the end of the traced graph without passing through another such layer
+    (a depthwise conv passes its channels through). Pruning them would change what the model returns."""
+    names = {m: n for n, m in model.named_modules()}
+
+    def consumes_channels(node) -> bool:
+        m = node.module
+        if isinstance(m, nn.Conv2d):
+            return not (m.groups > 1 and m.groups == m.in_channels == m.out_channels)
+        return isinstance(m, nn.Linear)
+
+    found = []
+    for module, node in dg.module2node.items():
+        if module not in names or not isinstance(module, (nn.Conv2d, nn.Linear)):
+            continue
+        stack, seen = [node], {node}
+        while stack:
+            current = stack.pop()
+            if not current.outputs:
+                found.append(names[module])
+                break
+            for nxt in current.outputs:
+                if nxt not in seen and not consumes_channels(nxt):
+                    seen.add(nxt)
+                    stack.append(nxt)
+    order = list(names.values())
+    return sorted(set(found), key=order.index)
+
+
 def build_groups(
-    model: nn.Module, example: torch.Tensor, ignored: Sequence[str], pruners: Mapping[type, Any] | None = None
-) -> tuple[tp.DependencyGraph, list[ChannelGroup]]:
-    """All prunable channel groups of ``model`` (layers in ``ignored`` keep their output channels)."""
+    model: nn.Module, example: Any, ignored: Sequence[str], pruners: Mapping[type, Any] | None = None
+) -> tuple[tp.DependencyGraph, list[ChannelGroup], list[str]]:
+    """All prunable channel groups of ``model``, and its output layers: those and the layers in
+    ``ignored`` keep their output channels."""
     pruners = dict(pruners or {})
     layer_types = (nn.Conv2d, nn.Linear, *pruners)  # the types whose output channels a group lists
     dg = build_graph(model, example, pruners)
+    outputs = output_layers(model, dg)
     names = {m: n for n, m in model.named_modules()}
     modules = dict(model.named_modules())
     order = list(modules)
     groups = []
-    for group in dg.get_all_groups(ignored_layers=[modules[n] for n in ignored], root_module_types=(nn.Conv2d, nn.Linear)):
+    kept = [modules[n] for n in (*outputs, *ignored)]
+    for group in dg.get_all_groups(ignored_layers=kept, root_module_types=(nn.Conv2d, nn.Linear)):
         root = group[0].dep.target.module
         members, sources, couplings = [], [], []
         channel_groups = 1
@@ -146,13 +204,13 @@ def build_groups(
         couplings = sorted(set(couplings), key=lambda c: (order.index(c[0]), c[1]))
         groups.append(ChannelGroup(members[0], int(channels), members, sources, channel_groups, couplings))
     groups.sort(key=lambda g: order.index(g.name))
-    return dg, groups
+    return dg, groups, outputs
 
 
 def prunable_groups(
     model: nn.Module, spec: ModelSpec, ignored: Sequence[str] | None = None
-) -> tuple[tp.DependencyGraph, list[ChannelGroup], str]:
-    """Trace ``model`` and return (dependency graph, coupled channel groups, classifier name).
+) -> tuple[tp.DependencyGraph, list[ChannelGroup], list[str]]:
+    """Trace ``model`` and return (dependency graph, coupled channel groups, output layers).
 
     Groups whose maps the spec says are taken elsewhere (the paper's VGG) are pointed at them.
     """
@@ -165,9 +223,7 @@ def prunable_groups(
     was_training = model.training
     model.eval()  # tracing runs the model; BatchNorm statistics must not move
     try:
-        example = example_input(spec, device_of(model))
-        classifier = find_classifier(model, example)
-        dg, groups = build_groups(model, example, [classifier, *(ignored or [])], spec.custom_pruners)
+        dg, groups, outputs = build_groups(model, spec.example_input(device_of(model)), list(ignored or []), spec.custom_pruners)
     finally:
         model.train(was_training)
     for g in groups:
@@ -175,10 +231,12 @@ def prunable_groups(
         if source is not None:
             idx = torch.arange(g.channels)
             g.sources = [FeatureSource(source, "output", idx, idx)]
-    return dg, groups, classifier
+    if not outputs:
+        raise ChipPruneError(f"found no output layer in {type(model).__name__}: no Conv2d or Linear layer's result reaches its outputs")
+    return dg, groups, outputs
 
 
 def classifier_outputs(model: nn.Module, classifier: str) -> int:
-    """How many classes the model predicts: the width of its classifier layer."""
+    """How many classes a classifier predicts: the width of its output layer ``classifier``."""
     layer = dict(model.named_modules())[classifier]
     return int(layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels)

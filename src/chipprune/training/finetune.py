@@ -57,7 +57,7 @@ def _finetune(folder: str | Path, net: torch.nn.Module, record: dict, spec: Mode
     report = FinetuneReport(
         model=spec.name, data_path=data_location(data), criterion=record.get("criterion"), sparsity=record.get("sparsity"),
         params_before=count_params(original), params_after=count_params(net),
-        macs_before=count_macs(original, spec.image_size), macs_after=count_macs(net, spec.image_size),
+        macs_before=count_macs(original, spec.example_input()), macs_after=count_macs(net, spec.example_input()),
         top1_after=summary.test_top1, top5_after=summary.test_top5, test_images=summary.test_images, finetune=summary,
         top1_before=pruned.get("top1_before"), top5_before=pruned.get("top5_before"), top1_after_pruning=pruned.get("top1_after"),
         # The original has the pruned model's architecture before pruning, with random weights: speed does not depend on them.
@@ -96,7 +96,7 @@ def train_from_scratch(
         if not dist_info.is_main:
             return None
         record = pruning_record(model, spec, [], criterion=None, sparsity="none (trained from scratch)")
-        params, macs = count_params(model), count_macs(model, spec.image_size)
+        params, macs = count_params(model), count_macs(model, spec.example_input())
         report = FinetuneReport(
             model=spec.name, data_path=data_location(data), criterion=None, sparsity=None, params_before=params,
             params_after=params, macs_before=macs, macs_after=macs, top1_after=summary.test_top1, top5_after=summary.test_top5,

@@ -106,13 +106,13 @@ def _calibration(args: argparse.Namespace) -> Calibration:
 
 def cmd_models(args: argparse.Namespace) -> None:
     names = list_models()
-    print(f"{'name':24}{'family':14}{'input':>7}  {'prunes':7} notes")
+    print(f"{'name':38}{'task':15}{'input':>6}  {'prunes':7} notes")
     unsupported = 0
     for name in names:
         spec = get_model_spec(name)
         note = spec.unsupported or spec.notes + (f"; paper sparsity {spec.paper_sparsity}" if spec.paper_sparsity else "")
         unsupported += spec.unsupported is not None
-        print(f"{name:24}{spec.family:14}{spec.image_size:>7}  {'no' if spec.unsupported else 'yes':7} {note}")
+        print(f"{name:38}{spec.task:15}{spec.image_size:>6}  {'no' if spec.unsupported else 'yes':7} {note}")
     print(f"\n{len(names)} models, {len(names) - unsupported} of them prunable (docs/MODELS.md)")
 
 
@@ -183,7 +183,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     model, record, spec = open_pruned(args.folder, device, model=args.model)
     params, macs = count_params(model), count_macs(model, spec.example_input())
     print(f"{record['model']} (pruned, {args.folder}): params {params:,}, MACs {macs:,}")
-    if not args.no_accuracy:
+    if not args.no_accuracy and spec.task != "classification":
+        print(f"accuracy: not measured (a {spec.task} model: chipprune measures accuracy for classifiers only; "
+              "measure it with your own metric on chipprune.load_pruned's model)")
+    elif not args.no_accuracy:
         source = open_data(_folder_data(args.folder, args.data))
         acc = evaluate(model, source.test_loader(spec), device, progress=not args.quiet)
         print(f"top-1 {acc['top1']:.2f}%, top-5 {acc['top5']:.2f}% on {acc['images']} test images of {source.description}")
@@ -204,10 +207,10 @@ def _print_latency(args: argparse.Namespace, model: torch.nn.Module, spec, recor
         use_onnx = False
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        runtimes = [("pytorch eager", lambda m, b: model_runner(m, spec.image_size, b, device), original, model)]
+        runtimes = [("pytorch eager", lambda m, b: model_runner(m, spec, b, device), original, model)]
         if use_onnx:  # the deployment path of an exported model: ONNX Runtime, the original exported alike
-            export_onnx(original, spec.image_size, Path(tmp) / "original.onnx")
-            runtimes.append(("onnxruntime", lambda f, b: onnx_runner(f, spec.image_size, b, device), Path(tmp) / "original.onnx", onnx_file))
+            export_onnx(original, spec, Path(tmp) / "original.onnx")
+            runtimes.append(("onnxruntime", lambda f, b: onnx_runner(f, spec, b, device), Path(tmp) / "original.onnx", onnx_file))
         for runtime, runner, before, after in runtimes:
             for batch in args.batch_sizes:
                 c = compare_latency(runner(before, batch), runner(after, batch), batch, device=device, progress=not args.quiet,
@@ -230,7 +233,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     model, record, spec = open_pruned(folder, model=args.model)
     out = Path(args.out) if args.out else folder / "model.onnx"
     check_writable(out, folder=False)
-    diff = export_onnx(model, spec.image_size, out, metadata={"chipprune_weights_sha256": str(record.get("weights_sha256"))})
+    diff = export_onnx(model, spec, out, metadata={"chipprune_weights_sha256": str(record.get("weights_sha256"))})
     print(f"wrote {out}; ONNX Runtime matches PyTorch (max abs difference {diff:.2e} on random inputs)")
 
 
@@ -279,6 +282,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    get_model_spec(args.model).require_classifier("chipprune run")  # before anything is pruned
     root = Path(args.out) if args.out else Path("chipprune-out") / f"{args.model.replace(':', '_')}-run"
     args.out = str(root / "pruned")
     args.dry_run = False

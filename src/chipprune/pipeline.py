@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 import torch_pruning as tp
 
 from .data.calibration import Calibration, calibration_batches
@@ -30,6 +31,7 @@ from .evaluation.metrics import evaluate as evaluate_accuracy
 from .io.pruned import PruneResult, pruning_record
 from .models.spec import ModelSpec
 from .planning.plan import Plan
+from .runtime import device_of
 from .planning.request import PlanRequest, make_plan
 from .results import PruneReport
 from .scoring.criteria import Criterion, get_criterion
@@ -86,9 +88,19 @@ def plan(
 def apply_plan(
     model: nn.Module, spec: ModelSpec, plan: Plan, scores: Mapping[str, GroupScores], traced: Traced, *, criterion: str,
 ) -> dict:
-    """Remove the lowest-scoring channels of every group ``plan`` shrinks, in place; the pruning record."""
+    """Remove the lowest-scoring channels of every group ``plan`` shrinks, in place; the pruning record.
+    The pruned model must still run and return outputs of the same form as before."""
     dg, groups, outputs = traced
+    before = _output_form(model, spec)
     removals = remove_channels(model, dg, groups, plan.keep, scores)
+    try:
+        after = _output_form(model, spec)
+    except Exception as exc:  # noqa: BLE001 - whatever the broken model raises, the user needs the same advice
+        raise ChipPruneError(f"the pruned model no longer runs ({type(exc).__name__}: {str(exc)[:300]}): Torch-Pruning followed "
+                             "its channel coupling wrongly. Keep the layers involved with --ignore (Python: PlanRequest(ignored=...))") from None
+    if after != before:
+        raise ChipPruneError(f"pruning changed what the model returns ({before} before, {after} after): an output layer was not "
+                             "recognised. Keep it with --ignore (Python: PlanRequest(ignored=...))")
     return pruning_record(model, spec, removals, criterion=criterion, sparsity=plan.description, outputs=outputs,
                           round_to=plan.round_to, notes=plan.notes)
 
@@ -187,10 +199,19 @@ def prune(
     report.calibration_images = next((scores[g.name].images for g in shrunk), 0)
     _recalibrate_and_evaluate(model, report, test_loader, batches if recalibrate_bn else None, evaluate, device, progress, timings)
     if original is not None:  # a latency budget: the promise is checked by timing
-        report.latency_ms = compare_models(original, model, spec.image_size, plan.latency, device=device, progress=progress)
+        report.latency_ms = compare_models(original, model, spec, plan.latency, device=device, progress=progress)
         report.predicted_ms, report.predicted_speedup = plan.latency, {b: p["original_ms"] / p["predicted_ms"] for b, p in plan.latency.items()}
     report.timings = timings
     return PruneResult(model, spec, record, report, list(plan.notes))
+
+
+def _output_form(model: nn.Module, spec: ModelSpec) -> str:
+    """The structure of the model's outputs with each tensor's shape past its first dimension (a
+    detector's number of boxes varies with the weights; what each box holds must not)."""
+    with torch.no_grad():
+        out = model.eval()(spec.example_input(device_of(model)))
+    leaves, structure = pytree.tree_flatten(out)
+    return f"{structure}; {[tuple(t.shape[1:]) if isinstance(t, torch.Tensor) else type(t).__name__ for t in leaves]}"
 
 
 def _seed(calibration: Calibration | Iterable) -> int:

@@ -15,14 +15,17 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.utils._pytree as pytree
 
 from tqdm.auto import tqdm
 
 from ..errors import ChipPruneError
+from ..models.spec import ModelSpec
 
 # torch.utils.benchmark imports cpp_extension, which logs a CUDA_HOME notice on CPU-only machines.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
@@ -30,7 +33,7 @@ from torch.utils import benchmark  # noqa: E402
 
 __all__ = [
     "Latency", "Comparison", "time_call", "model_runner", "onnx_runner", "measure_latency", "median_interval", "compare_latency",
-    "compare_models",
+    "compare_models", "random_input",
 ]
 
 
@@ -54,10 +57,20 @@ def time_call(run: Callable[[], object], batch_size: int, device: str, *, min_ru
     return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run, device, min(m.times) * 1e3)
 
 
-def model_runner(model: nn.Module, image_size: int, batch_size: int, device: torch.device | str = "cpu") -> Callable[[], None]:
-    """One forward pass of a fixed random batch through ``model`` in inference mode, ready to time."""
+def random_input(shape: int | ModelSpec, batch_size: int, device: torch.device | str = "cpu") -> Any:
+    """A random batch of ``batch_size`` images of ``shape`` (an image size, or a spec: as its model takes
+    them). A spec with an ``example`` input gives that input: its own batch size, and its values."""
+    if isinstance(shape, int):
+        return torch.randn(batch_size, 3, shape, shape, device=device)
+    if shape.example is not None:
+        return shape.example_input(device)
+    return shape.model_input(torch.rand(batch_size, 3, shape.image_size, shape.image_size, device=device))
+
+
+def model_runner(model: nn.Module, shape: int | ModelSpec, batch_size: int, device: torch.device | str = "cpu") -> Callable[[], None]:
+    """One forward pass of a fixed random batch (``random_input``) through ``model`` in inference mode, ready to time."""
     model = model.eval().to(device)
-    x = torch.randn(batch_size, 3, image_size, image_size, device=device)
+    x = random_input(shape, batch_size, device)
 
     def run() -> None:
         with torch.inference_mode():
@@ -66,7 +79,7 @@ def model_runner(model: nn.Module, image_size: int, batch_size: int, device: tor
     return run
 
 
-def onnx_runner(path: str | Path, image_size: int, batch_size: int, device: torch.device | str = "cpu") -> Callable[[], None]:
+def onnx_runner(path: str | Path, shape: int | ModelSpec, batch_size: int, device: torch.device | str = "cpu") -> Callable[[], None]:
     """One ONNX Runtime call on a fixed random batch (CUDA provider on a CUDA device when installed,
     else the CPU with as many threads as torch uses), ready to time."""
     try:
@@ -79,7 +92,9 @@ def onnx_runner(path: str | Path, image_size: int, batch_size: int, device: torc
     if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(path), options, providers=providers)
-    feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal((batch_size, 3, image_size, image_size), dtype=np.float32)}
+    torch.manual_seed(0)
+    leaves = [t.numpy() for t in pytree.tree_leaves(random_input(shape, batch_size))]
+    feed = {i.name: x for i, x in zip(session.get_inputs(), leaves)}
     return lambda: session.run(None, feed)
 
 
@@ -179,7 +194,7 @@ def compare_latency(
 
 
 def compare_models(
-    original: nn.Module, pruned: nn.Module, image_size: int, batch_sizes: Iterable[int | str], *,
+    original: nn.Module, pruned: nn.Module, image_size: int | ModelSpec, batch_sizes: Iterable[int | str], *,
     device: torch.device | str = "cpu", progress: bool = False,
 ) -> dict[str, Comparison]:
     """``compare_latency`` of two models in eager PyTorch at each batch size, keyed by batch size."""

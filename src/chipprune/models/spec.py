@@ -81,6 +81,15 @@ class ModelSpec:
             return None
         return Path(str(resources.files("chipprune") / "assets" / self.bundled_weights))
 
+    def require_classifier(self, what: str) -> None:
+        """Refuse ``what`` (a command that trains or measures accuracy) for a model that is not a classifier."""
+        if self.task != "classification":
+            raise ChipPruneError(
+                f"{what} trains and measures classifiers; {self.name} is a {self.task} model. Prune it with 'chipprune prune', "
+                "then fine-tune it in your own training loop (chipprune.load_pruned gives the pruned model), or use the "
+                "Python API with your own evaluate and loss functions (docs/ANY_MODEL.md)"
+            )
+
     def model_input(self, images: torch.Tensor) -> Any:
         """A batch of images (N, 3, H, W) as the model takes it."""
         return list(images) if self.images_as_list else images

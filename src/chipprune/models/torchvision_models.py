@@ -1,4 +1,5 @@
-"""torchvision's classification models by name, built with random weights (nothing is downloaded).
+"""torchvision's classification, detection and segmentation models by name, built with random
+weights and no backbone weights (nothing is downloaded; weights come from the user's file).
 
 Declared here too: the paper's ResNet-50 string, and the layout of the paper's strings for every
 torchvision ResNet-style model (ResNet, ResNeXt, Wide ResNet).
@@ -30,8 +31,23 @@ UNSUPPORTED = {
 
 
 @lru_cache(maxsize=1)
+def _tasks() -> dict[str, str]:
+    models = torchvision.models
+    found = {name: "classification" for name in models.list_models(module=models)}
+    found.update({name: "detection" for name in models.list_models(module=models.detection)})
+    found.update({name: "segmentation" for name in models.list_models(module=models.segmentation)})
+    return found
+
+
 def names() -> tuple[str, ...]:
-    return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
+    """Every model name, classifiers first, then detectors and segmenters (each sorted)."""
+    order = {"classification": 0, "detection": 1, "segmentation": 2}
+    return tuple(sorted(_tasks(), key=lambda n: (order[_tasks()[n]], n)))
+
+
+def _detection_size(name: str) -> int:
+    # The size the detector resizes images to (its min_size): calibration crops are taken at it.
+    return 300 if name.startswith("ssd300") else 320 if "320" in name else 800
 
 
 def resnet_paper_layout(model: nn.Module) -> list[LayoutEntry]:
@@ -50,6 +66,20 @@ def resnet_paper_layout(model: nn.Module) -> list[LayoutEntry]:
 
 def spec_for(name: str) -> ModelSpec:
     """The spec of torchvision's model ``name`` (one of ``names()``)."""
+    task = _tasks()[name]
+    if task == "detection":
+        # Detectors take a list of images in [0, 1] and normalise and resize them themselves.
+        return ModelSpec(
+            name=name, factory=partial(torchvision.models.get_model, name, weights=None, weights_backbone=None),
+            family="torchvision detection", image_size=_detection_size(name), num_classes=91, mean=(0.0, 0.0, 0.0),
+            std=(1.0, 1.0, 1.0), notes="torchvision detection (COCO's 91 classes)", task="detection", images_as_list=True,
+        )
+    if task == "segmentation":
+        return ModelSpec(
+            name=name, factory=partial(torchvision.models.get_model, name, weights=None, weights_backbone=None),
+            family="torchvision segmentation", image_size=520, num_classes=21, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            notes="torchvision segmentation (VOC's 21 classes)", task="segmentation",
+        )
     # GoogLeNet and Inception-v3 warn that their default initialisation will change; ask for
     # today's explicitly, so results do not shift under a torchvision upgrade.
     extra = {"init_weights": True} if name in ("googlenet", "inception_v3") else {}

@@ -85,7 +85,9 @@ def run_pilot(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> PilotReport:
-    """Sweep the MAC levels of ``settings``; write pilot.json, pilot.md, pilot.png into ``out``."""
+    """Sweep the MAC levels of ``settings``; write pilot.json, pilot.md, pilot.png into ``out``.
+    For classifiers on labelled data; ``pilot.sweep_any`` takes any model and your own measure."""
+    spec.require_classifier("the pilot")
     calibration = calibration or Calibration(data=data)
     source, model = open_data(data), model.to(device).eval()
     test_loader = test_loader_for(spec, source)  # before anything is written: no test images, no folder
@@ -151,7 +153,7 @@ def _measure_level(model, spec, target: float, scores, settings: PilotSettings, 
     flags = correct_flags(candidate, test_loader, device)
     drop, drop_low, drop_high = paired_drop_interval(base_flags, flags, settings.confidence)
     low, high = wilson_interval(int(flags.sum()), flags.numel(), settings.confidence)
-    latency = compare_models(model, candidate, spec.image_size, [1, settings.throughput_batch], device=device, progress=progress)
+    latency = compare_models(model, candidate, spec, [1, settings.throughput_batch], device=device, progress=progress)
     return PilotLevel(
         target, count_params(candidate), count_macs(candidate, spec.example_input()), 100 * float(flags.double().mean()), low, high,
         drop, drop_low, drop_high, settings.finetune_epochs, latency["1"], latency[str(settings.throughput_batch)],

@@ -347,7 +347,7 @@ class LatencyModel:
         """A whole model at the table's reference speed: timed against the reference convolution in
         alternating rounds (the way every latency is measured), as a multiple of the reference's time."""
         device, b = self.table.device, self.batch_size
-        c = timing.compare_latency(timing.model_runner(model, self.spec.image_size, b, device), layer_runner(_REFERENCE, b, device), b,
+        c = timing.compare_latency(timing.model_runner(model, self.spec, b, device), layer_runner(_REFERENCE, b, device), b,
                                    device=device, progress=self.progress, desc=f"timing {what} (batch {b})")
         return c.speedup * self.table.reference_ms(b)
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch_pruning as tp
 
-from .groups import ChannelGroup
+from .groups import ChannelGroup, quiet_torch_pruning
 
 if TYPE_CHECKING:  # scoring sits above surgery's groups; only the type is needed here
     from ..scoring.streaming import GroupScores
@@ -43,8 +43,9 @@ def prune_group(dg: tp.DependencyGraph, model: nn.Module, group_name: str, remov
     root = dict(model.named_modules())[group_name]
     # The named member's own output channels are the group's channels (same order as the root's).
     pruner = dg.get_pruner_of_module(root)
-    group = dg.get_pruning_group(root, pruner.prune_out_channels, sorted(int(i) for i in remove))
-    group.prune()
+    with quiet_torch_pruning():
+        group = dg.get_pruning_group(root, pruner.prune_out_channels, sorted(int(i) for i in remove))
+        group.prune()
 
 
 @dataclass

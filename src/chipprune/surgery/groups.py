@@ -9,7 +9,8 @@ A model's own layer types take part through the Torch-Pruning pruners its ModelS
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..runtime import device_of
 from .guard import tracing_guard
 
 __all__ = [
-    "FeatureSource", "ChannelGroup", "example_input", "find_classifier", "build_graph", "output_layers", "build_groups",
+    "FeatureSource", "ChannelGroup", "example_input", "quiet_torch_pruning", "find_classifier", "build_graph", "output_layers", "build_groups",
     "prunable_groups", "classifier_outputs",
 ]
 
@@ -82,6 +83,19 @@ def example_input(spec: ModelSpec, device: torch.device | str = "cpu") -> Any:
     return spec.example_input(device)
 
 
+@contextmanager
+def quiet_torch_pruning() -> Iterator[None]:
+    """Torch-Pruning's notices that are noise for our users, silenced."""
+    with warnings.catch_warnings():
+        # Parameters outside layers (ConvNeXt's layer_scale, shape (C, 1, 1)) are pruned along their
+        # channel dimension, which is what we want.
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        # Said when a concatenation's channel count cannot be inferred (a detector's post-processing
+        # concatenates its head outputs); a concatenation that matters shows when the pruned model runs.
+        warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+        yield
+
+
 def _forward_showing_every_layer(layer_types: tuple[type, ...]):
     """A Torch-Pruning ``forward_fn`` that returns, beside the model's outputs, every output of a layer
     of ``layer_types``. Torch-Pruning follows the graph back from the outputs it is given; a layer
@@ -111,10 +125,7 @@ def build_graph(model: nn.Module, example: Any, pruners: Mapping[type, Any] | No
     pruners = dict(pruners or {})
     forward = _forward_showing_every_layer((nn.Conv2d, nn.Linear, *pruners))
     try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            # Parameters outside layers (ConvNeXt's layer_scale, shape (C, 1, 1)) are pruned along their
-            # channel dimension, which is what we want; the notice about it is noise for our users.
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        with torch.enable_grad(), quiet_torch_pruning():
             with tracing_guard(type(model).__name__):
                 return tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=forward, customized_pruners=pruners)
     except (ArithmeticError, IndexError, KeyError, ValueError, RuntimeError, AssertionError, TypeError) as exc:

@@ -37,8 +37,9 @@ def finetune(
     """Fine-tune the pruned model in ``folder`` on ``data``; returns the report (None on ranks > 0).
     ``model``: see ``load_pruned`` (needed for a ``package.module:function`` model). With a recipe that
     distils, the teacher is the unpruned model: ``teacher_weights``, or the weights the folder records."""
-    dist_info = setup_distributed(device)
     net, record, spec = open_pruned(folder, model=model)
+    spec.require_classifier("chipprune finetune")
+    dist_info = setup_distributed(device)
     teacher = load_teacher(folder, record, teacher_weights) if config.recipe.distill_weight > 0 else None
     # A checkpoint of other weights (the folder was pruned again since) must not be resumed.
     config = replace(config, source_weights=record.get("weights_sha256"))
@@ -61,7 +62,7 @@ def _finetune(folder: str | Path, net: torch.nn.Module, record: dict, spec: Mode
         top1_after=summary.test_top1, top5_after=summary.test_top5, test_images=summary.test_images, finetune=summary,
         top1_before=pruned.get("top1_before"), top5_before=pruned.get("top5_before"), top1_after_pruning=pruned.get("top1_after"),
         # The original has the pruned model's architecture before pruning, with random weights: speed does not depend on them.
-        latency_ms=compare_models(original, net, spec.image_size, [1], device=dist_info.device, progress=config.progress),
+        latency_ms=compare_models(original, net, spec, [1], device=dist_info.device, progress=config.progress),
     )
     write_report(Path(config.out), report, write_pruned_files(Path(config.out), net, record))
     return report
@@ -91,6 +92,7 @@ def train_from_scratch(
     dist_info = setup_distributed(device)
     torch.manual_seed(config.seed)  # the same initial weights in every run with this seed
     model, spec = load_model(name, weights or "none", num_classes, image_size)
+    spec.require_classifier("chipprune train")
     with _output(config, dist_info):
         summary = fit(model, spec, open_data(data), config, dist_info)
         if not dist_info.is_main:

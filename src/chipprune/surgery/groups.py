@@ -182,7 +182,9 @@ def build_groups(
     order = list(modules)
     groups = []
     kept = [modules[n] for n in (*outputs, *ignored)]
-    for group in dg.get_all_groups(ignored_layers=kept, root_module_types=(nn.Conv2d, nn.Linear)):
+    with quiet_torch_pruning():
+        all_groups = list(dg.get_all_groups(ignored_layers=kept, root_module_types=(nn.Conv2d, nn.Linear)))
+    for group in all_groups:
         root = group[0].dep.target.module
         members, sources, couplings = [], [], []
         channel_groups = 1

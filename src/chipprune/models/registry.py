@@ -1,7 +1,8 @@
 """One registry of model names, and the one way to build a model: ``load_model``.
 
 Names: chipprune's CIFAR models (declared in their modules' ``MODELS``), every torchvision
-classification model, and ``package.module:function`` for a user's own factory.
+model, timm's as ``timm:NAME`` (not listed: timm has over a thousand), and ``package.module:function``
+for a user's own factory.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn as nn
 
 from ..errors import ChipPruneError
 from ..io.weights import load_weights
-from . import torchvision_models, user
+from . import timm_models, torchvision_models, user
 from .cifar_resnet import MODELS as CIFAR_RESNETS
 from .cifar_vgg import MODELS as CIFAR_VGGS
 from .spec import ModelSpec
@@ -29,7 +30,8 @@ def _own_models() -> dict[str, ModelSpec]:
 
 
 def list_models() -> list[str]:
-    """All model names chipprune knows: its CIFAR models first, then torchvision's classifiers."""
+    """The model names chipprune lists: its CIFAR models first, then torchvision's (``timm:NAME`` works
+    for any of timm's models too, unlisted)."""
     return list(_own_models()) + list(torchvision_models.names())
 
 
@@ -43,6 +45,8 @@ def get_model_spec(name: str, image_size: int | None = None) -> ModelSpec:
 
 
 def _lookup(name: str) -> ModelSpec:
+    if timm_models.is_timm_name(name):  # before user factories: 'timm:' is not a package.module
+        return timm_models.spec_for(name)
     if user.is_user_factory(name):
         return user.spec_for(name)
     if name in _own_models():

@@ -15,8 +15,9 @@ __all__ = ["is_user_factory", "spec_for"]
 
 
 def is_user_factory(name: str) -> bool:
-    """Whether ``name`` names a user's function (building such a model imports and runs their code)."""
-    return ":" in name
+    """Whether ``name`` names a user's function (building such a model imports and runs their code);
+    ``timm:NAME`` names a timm model, not a function."""
+    return ":" in name and not name.startswith("timm:")
 
 
 def spec_for(name: str) -> ModelSpec:

@@ -26,7 +26,7 @@ from .data.calibration import Calibration, calibration_batches
 from .data.sources import DataSource, data_location, open_data
 from .evaluation.latency import compare_models
 from .errors import ChipPruneError
-from .evaluation.metrics import count_macs, count_params, recalibrate_batchnorm
+from .evaluation.metrics import call_evaluate, count_macs, count_params, recalibrate_batchnorm
 from .evaluation.metrics import evaluate as evaluate_accuracy
 from .io.pruned import PruneResult, pruning_record
 from .models.spec import ModelSpec
@@ -279,19 +279,7 @@ def _evaluate_model(model: nn.Module, report: PruneReport, when: str, test_loade
             setattr(report, f"top5_{when}", result["top5"])
             report.test_images = result["images"]
         if evaluate is not None:
-            setattr(report, f"metric_{when}", _user_metric(evaluate, model))
-
-
-def _user_metric(evaluate: Callable[[nn.Module], float], model: nn.Module) -> float:
-    was_training = model.training
-    try:
-        value = evaluate(model.eval())
-    finally:
-        model.train(was_training)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise ChipPruneError(f"evaluate(model) must return a number, it returned {type(value).__name__}") from None
+            setattr(report, f"metric_{when}", call_evaluate(evaluate, model))
 
 
 def _recalibrate_and_evaluate(model: nn.Module, report: PruneReport, test_loader, bn_batches, evaluate: Callable | None,

@@ -6,7 +6,7 @@ matrix multiplies: the convention of the CHIP paper's baseline figures (conv + l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..errors import ChipPruneError
 from ..runtime import all_reduce_sum, autocast, batch_length, device_of, move_to
 
-__all__ = ["count_params", "count_macs", "check_labels", "evaluate", "correct_flags", "recalibrate_batchnorm"]
+__all__ = ["call_evaluate", "count_params", "count_macs", "check_labels", "evaluate", "correct_flags", "recalibrate_batchnorm"]
 
 
 def count_params(model: nn.Module) -> int:
@@ -80,6 +80,24 @@ def evaluate(
     if total == 0:
         return {"top1": float("nan"), "top5": float("nan"), "images": 0}
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "images": int(total)}
+
+
+def call_evaluate(evaluate: Callable[[nn.Module], float], model: nn.Module) -> float:
+    """A user's own measure of ``model`` (in eval mode, without gradients; its mode restored after),
+    checked to be a number."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            value = evaluate(model.eval())
+    finally:
+        model.train(was_training)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ChipPruneError(f"evaluate(model) must return a number, it returned {type(value).__name__}") from None
+    if value != value:
+        raise ChipPruneError("evaluate(model) returned NaN: the model's outputs or the metric are broken")
+    return value
 
 
 def correct_flags(

@@ -80,6 +80,7 @@ def pruning_record(
         "chipprune_version": __version__,
         "model": spec.name,
         "task": spec.task,
+        "family": spec.family,
         # A classifier's classes are its output layer's width; other models record the count they were built with.
         "num_classes": classifier_outputs(model, classifier) if classifier else (spec.num_classes or None),
         "image_size": spec.image_size,
@@ -145,12 +146,13 @@ def _check_unit(folder: Path, record: dict[str, Any]) -> None:
                              "model.safetensors): restore it, or prune again")
 
 
-def read_pruned_record(folder: str | Path, model: str | None = None) -> tuple[dict[str, Any], ModelSpec]:
+def read_pruned_record(folder: str | Path, model: str | None = None, spec: ModelSpec | None = None) -> tuple[dict[str, Any], ModelSpec]:
     """The pruning record of a pruned folder and its model's spec, checked before anything runs.
 
     A folder pruned from a ``package.module:function`` model names code that loading would import
     and run; it is loaded only when ``model`` repeats that name (the user vouches for the code), so a
-    folder from elsewhere cannot run code by itself. Registry models need no ``model``.
+    folder from elsewhere cannot run code by itself. Registry models need no ``model``. A model
+    pruned through ``custom_spec`` is rebuilt from the ``spec`` given (with the same name).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -167,6 +169,13 @@ def read_pruned_record(folder: str | Path, model: str | None = None) -> tuple[di
         raise ChipPruneError(f"{where} is damaged: it needs 'model' and 'groups' (each with 'group' and a list of 'removed' channels)")
     if model is not None and model != record["model"]:
         raise ChipPruneError(f"{folder} holds a pruned '{record['model']}', not '{model}'")
+    if spec is not None:
+        if spec.name != record["model"]:
+            raise ChipPruneError(f"{folder} holds a pruned '{record['model']}', not '{spec.name}'")
+        return record, spec
+    if record.get("family") == "custom_spec":
+        raise ChipPruneError(f"{folder} holds '{record['model']}', pruned through custom_spec: load it with "
+                             "load_pruned(folder, spec=custom_spec(..., factory=...)) and the same name")
     if is_user_factory(record["model"]) and model is None:
         raise ChipPruneError(
             f"{folder} was pruned from '{record['model']}', your own code: loading it imports and runs that function. "
@@ -175,24 +184,26 @@ def read_pruned_record(folder: str | Path, model: str | None = None) -> tuple[di
     return record, get_model_spec(record["model"], record.get("image_size"))
 
 
-def load_pruned(folder: str | Path, device: torch.device | str = "cpu", *, model: str | None = None) -> nn.Module:
+def load_pruned(folder: str | Path, device: torch.device | str = "cpu", *, model: str | None = None,
+                spec: ModelSpec | None = None) -> nn.Module:
     """Rebuild a pruned model from its folder: fresh model, recorded removals replayed, weights loaded.
 
     Nothing is unpickled. For a ``package.module:function`` model, ``model`` must repeat that name:
-    the function is imported and run (see ``read_pruned_record``).
+    the function is imported and run (see ``read_pruned_record``). For a model pruned through
+    ``custom_spec``, give that ``spec`` (with its factory).
     """
-    return open_pruned(folder, device, model=model)[0]
+    return open_pruned(folder, device, model=model, spec=spec)[0]
 
 
 def open_pruned(
-    folder: str | Path, device: torch.device | str = "cpu", *, model: str | None = None
+    folder: str | Path, device: torch.device | str = "cpu", *, model: str | None = None, spec: ModelSpec | None = None
 ) -> tuple[nn.Module, dict[str, Any], ModelSpec]:
     """``load_pruned``, together with the folder's pruning record and its model's spec."""
     folder = Path(folder)
-    record, spec = read_pruned_record(folder, model)
+    record, spec = read_pruned_record(folder, model, spec)
     _check_unit(folder, record)
     net = spec.build(record.get("num_classes")).eval()
-    dg = build_graph(net, example_input(spec), spec.custom_pruners)
+    dg = build_graph(net, spec.example_input(), spec.custom_pruners)
     modules = dict(net.named_modules())
     for g in record["groups"]:
         if g["group"] not in modules:

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..results import PilotReport
 
-__all__ = ["pyplot", "plot_training", "plot_channels", "plot_pilot", "plot_sensitivity"]
+__all__ = ["pyplot", "plot_training", "plot_channels", "plot_pilot", "plot_sensitivity", "plot_sweep"]
 
 
 def pyplot():
@@ -82,6 +82,20 @@ def plot_pilot(path: Path, pilot: PilotReport) -> None:
     ax2.set_ylabel("latency at batch 1 (ms)")
     ax.set_title("pilot: accuracy and latency vs compute")
     fig.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_sweep(path: Path, points: Sequence[tuple[int, float]], model: str) -> None:
+    """A sweep's metric against MACs (``points``: (MACs, metric), the original among them)."""
+    plt = pyplot()
+    macs, metric = zip(*sorted(points))
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot([m / 1e6 for m in macs], metric, "o-")
+    ax.annotate("original", (macs[-1] / 1e6, metric[-1]), textcoords="offset points", xytext=(-30, 8), fontsize=8)
+    ax.set_xlabel("MACs per input (millions)")
+    ax.set_ylabel("your metric")
+    ax.set_title(f"{model}: metric vs compute")
     fig.tight_layout()
     _save(fig, path)
 

@@ -139,12 +139,13 @@ def test_a_detector_prunes_from_unlabelled_images_and_reloads_identically(unlabe
 
 def test_the_cli_prunes_a_segmenter_on_unlabelled_images_and_says_what_it_did_not_measure(unlabelled_images, tmp_path, capsys):
     out = tmp_path / "seg"
-    argv = ["prune", "--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--image-size", "96", "--data",
+    argv = ["prune", "--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--num-classes", "5", "--image-size", "96", "--data",
             str(unlabelled_images), "--sparsity", "0.3", "--calib-images", "4", "--batch-size", "2", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "6 unlabelled images" in printed and "4 calibration images" in printed
     assert "accuracy: not measured (a segmentation model" in printed
+    assert json.loads((out / "pruning.json").read_text())["num_classes"] == 5  # rebuilt with 5 classes when loaded
     assert main(["eval", str(out), "--quiet"]) == 0
     assert "accuracy: not measured" in capsys.readouterr().out
     assert main(["finetune", str(out), "--quiet"]) == 2

@@ -69,6 +69,8 @@ def load_model(
     else:
         spec = get_model_spec(name, image_size)
     model = spec.build(num_classes)
+    if num_classes is not None:  # recorded with the pruned model (a detector's classes are not its last layer's width)
+        spec = replace(spec, num_classes=int(num_classes))
     if weights == "bundled":
         path = spec.bundled_weights_path()
         if path is None:

@@ -1,6 +1,8 @@
 """Where the decompositions of channel independence run: the probe's choice, its cache, the override."""
 
+import contextlib
 import json
+import warnings
 
 import pytest
 import torch
@@ -118,3 +120,56 @@ def test_a_placement_that_fails_in_the_probe_is_never_chosen():
     result = placement.probe("svd", (2048, 49), torch.device("cpu"), timer)
     assert result["placement"] == "cpu"
     assert "CUSOLVER_STATUS_INVALID_VALUE" in result["failed"]["cusolver"]
+
+
+def test_under_torchrun_only_the_machines_first_process_probes(fresh, monkeypatch):
+    device = torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(placement, "_wait", {"in_vain": False})
+    calls, naps = [], []
+
+    def first_process_writes_its_choice(seconds):  # what process 0 does meanwhile
+        naps.append(seconds)
+        if len(naps) == 3:
+            table = placement.placement_table(device)
+            table["choices"]["eigh 128x128"] = {"placement": "cusolver", "seconds": {"cpu": 2e-3, "cusolver": 1e-3}}
+            placement.write_json(placement._cache_path(device), table)
+
+    monkeypatch.setattr(placement, "_sleep", first_process_writes_its_choice)
+    assert placement._placement("eigh", (128, 128), device, fake_timer({"cpu": 1e-3, "cusolver": 5e-3, "magma": 9e-3}, calls)) == "cusolver"
+    assert calls == [] and len(naps) == 3  # it waited for the first process's probe instead of probing too
+
+
+def test_a_process_that_waits_in_vain_probes_for_itself_and_waits_no_more(fresh, monkeypatch):
+    device = torch.device("cpu")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(placement, "_wait", {"in_vain": False})
+    now = [0.0]
+    monkeypatch.setattr(placement, "_clock", lambda: now[0])
+    monkeypatch.setattr(placement, "_sleep", lambda s: now.__setitem__(0, now[0] + s))
+    calls = []
+    timer = fake_timer({"cpu": 1e-3, "cusolver": 5e-3, "magma": 9e-3}, calls)
+    assert placement._placement("eigh", (64, 64), device, timer) == "cpu"
+    assert now[0] >= placement.PROBE_WAIT_S and calls  # waited the whole time, then probed
+    waited = now[0]
+    placement._placement("eigh", (96, 96), device, timer)
+    assert now[0] == waited  # the next size is probed at once
+
+
+def test_a_forced_gpu_placement_that_refuses_matrices_says_so_once(monkeypatch):
+    def refuses(x):
+        raise RuntimeError("cusolver error: CUSOLVER_STATUS_INVALID_VALUE")
+
+    monkeypatch.setattr(placement, "_refusals", set())
+    monkeypatch.setattr(placement, "_linalg_library", lambda name: contextlib.nullcontext())
+    x = torch.eye(4, dtype=torch.float64).expand(2, 4, 4)
+    with decompositions_on("cusolver"), pytest.warns(UserWarning, match="cusolver refused svd 4x4"):
+        assert placement._on_gpu("cusolver", "svd", refuses, x) is None
+    with decompositions_on("cusolver"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert placement._on_gpu("cusolver", "svd", refuses, x) is None  # said once
+    with decompositions_on("auto"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert placement._on_gpu("cusolver", "eigh", refuses, x) is None  # the probe's own choice: no warning

@@ -20,8 +20,10 @@ function whichever placement runs them (float64 LAPACK, cuSOLVER or MAGMA, each 
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -46,6 +48,12 @@ PROBE_ROUNDS = 3  # timings per placement; the median counts
 _setting = {"placement": "auto"}
 # (device, "operation shape") -> placement, chosen in this process (from the cache or a probe).
 _chosen: dict[tuple[str, str], str] = {}
+_refusals: set[tuple[str, str]] = set()  # (placement, "operation shape") a forced GPU placement refused, said once
+# Under torchrun, processes other than each machine's first wait this long for its probe's result in
+# the shared cache, instead of probing at the same time (their timings would skew each other's). After
+# one wait in vain (an unwritable cache), a process probes for itself from then on.
+PROBE_WAIT_S = 60.0
+_wait = {"in_vain": False}
 Timer = Callable[[str, str, tuple[int, ...], torch.device], float]  # (operation, placement, shape, device) -> s per matrix
 
 
@@ -82,11 +90,28 @@ def _run(operation: str, fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]],
         return fn(x)  # on the CPU the caller already shares images among threads
     where = _placement(operation, tuple(x.shape[1:]), x.device)
     if where != "cpu":
-        try:
-            with _linalg_library(where):
-                return fn(x)
-        except RuntimeError:
-            pass  # a GPU solver that refuses a matrix (cuSOLVER's gesvdj has size limits): LAPACK does it
+        done = _on_gpu(where, operation, fn, x)
+        if done is not None:
+            return done
+    return _on_cpu_threads(fn, x)
+
+
+def _on_gpu(where: str, operation: str, fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], x: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+    """``fn(x)`` with the GPU library ``where``; None when it refuses the matrices (cuSOLVER's gesvdj has
+    size limits), which LAPACK then does. A refusal of a placement the user forced is said, once per size."""
+    try:
+        with _linalg_library(where):
+            return fn(x)
+    except RuntimeError as exc:
+        key = (where, _key(operation, tuple(x.shape[1:])))
+        if _setting["placement"] == where and key not in _refusals:
+            _refusals.add(key)
+            warnings.warn(f"{where} refused {key[1]} matrices ({str(exc).splitlines()[0][:120]}); "
+                          "they are decomposed on CPU threads instead")
+        return None
+
+
+def _on_cpu_threads(fn: Callable[[torch.Tensor], tuple[torch.Tensor, ...]], x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     host = x.cpu()
     workers = max(1, min(torch.get_num_threads(), host.shape[0]))
     parts = map_on_cpu_threads(fn, list(host.chunk(workers)), workers)
@@ -119,16 +144,44 @@ def _placement(operation: str, shape: tuple[int, ...], device: torch.device, tim
         return asked
     key = _key(operation, shape)
     if (str(device), key) not in _chosen:
-        table = placement_table(device)
-        entry = table["choices"].get(key)
-        if not isinstance(entry, dict) or entry.get("placement") not in _candidates():
-            entry = table["choices"][key] = probe(operation, shape, device, timer)
+        entry = _cached_choice(device, key)
+        if entry is None and _local_rank() > 0 and not _wait["in_vain"]:
+            entry = _wait_for_choice(device, key)
+            _wait["in_vain"] = entry is None
+        if entry is None:
+            entry = probe(operation, shape, device, timer)
+            table = placement_table(device)  # read again: another process may have added sizes meanwhile
+            table["choices"][key] = entry
             try:
                 write_json(_cache_path(device), table)
             except (ChipPruneError, OSError):
                 pass  # an unwritable cache (a read-only home): the choice holds for this process only
         _chosen[str(device), key] = entry["placement"]
     return _chosen[str(device), key]
+
+
+def _cached_choice(device: torch.device, key: str) -> dict | None:
+    entry = placement_table(device)["choices"].get(key)
+    return entry if isinstance(entry, dict) and entry.get("placement") in _candidates() else None
+
+
+def _local_rank() -> int:
+    """This process's rank among torchrun's processes on this machine (0 outside torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1 else 0
+
+
+def _wait_for_choice(device: torch.device, key: str) -> dict | None:
+    """The choice the machine's first process probes and caches, once it appears (None after PROBE_WAIT_S)."""
+    deadline = _clock() + PROBE_WAIT_S
+    while _clock() < deadline:
+        _sleep(0.2)
+        entry = _cached_choice(device, key)
+        if entry is not None:
+            return entry
+    return None
+
+
+_clock, _sleep = time.monotonic, time.sleep  # replaced in tests
 
 
 def _cache_path(device: torch.device):

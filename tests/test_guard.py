@@ -33,3 +33,12 @@ def test_tracing_within_limits_is_untouched():
     with tracing_guard("Net", seconds=30.0):
         total = sum(range(10_000))
     assert total == 49_995_000
+
+
+def test_the_memory_limit_is_four_gib_or_half_the_machine():
+    import os
+
+    from chipprune.surgery.guard import TRACE_BYTES, trace_memory_limit
+
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert trace_memory_limit() == max(TRACE_BYTES, physical // 2) >= 4 * 2**30

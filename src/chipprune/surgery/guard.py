@@ -19,10 +19,22 @@ from contextlib import contextmanager
 
 from ..errors import ChipPruneError
 
-__all__ = ["tracing_guard", "TRACE_SECONDS", "TRACE_BYTES"]
+__all__ = ["tracing_guard", "trace_memory_limit", "TRACE_SECONDS", "TRACE_BYTES"]
 
 TRACE_SECONDS = 120.0  # the largest torchvision CNN traces in well under a minute on 2 cores
-TRACE_BYTES = 4 * 2**30  # growth of resident memory while tracing
+# Growth of resident memory while tracing: 4 GiB, or half the machine's memory where that is more.
+# Tracing keeps every activation for the graph: a detector at its 800-pixel input legitimately
+# takes over 4 GiB (fasterrcnn_resnet50_fpn_v2), while a runaway trace grows without end.
+TRACE_BYTES = 4 * 2**30
+
+
+def trace_memory_limit() -> int:
+    """The tracing guard's default memory growth limit on this machine, in bytes."""
+    try:
+        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        physical = 0
+    return max(TRACE_BYTES, physical // 2)
 
 
 class _Stop(BaseException):
@@ -39,8 +51,10 @@ def _resident_bytes() -> int:
 
 
 @contextmanager
-def tracing_guard(what: str, seconds: float = TRACE_SECONDS, extra_bytes: int = TRACE_BYTES) -> Iterator[None]:
-    """Stop the block with ChipPruneError once it has run ``seconds`` or grown the process by ``extra_bytes``."""
+def tracing_guard(what: str, seconds: float = TRACE_SECONDS, extra_bytes: int | None = None) -> Iterator[None]:
+    """Stop the block with ChipPruneError once it has run ``seconds`` or grown the process by ``extra_bytes``
+    (default ``trace_memory_limit()``)."""
+    extra_bytes = trace_memory_limit() if extra_bytes is None else extra_bytes
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
         yield
         return

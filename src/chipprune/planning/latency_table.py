@@ -401,7 +401,7 @@ class LatencyModel:
 
 def _layer_shapes(model: nn.Module, spec: ModelSpec) -> dict[str, LayerShape]:
     """The shape of every timed layer of ``model`` (convolutions, linear layers, batch norms), from one
-    forward pass of one image; a layer run twice keeps its first input."""
+    forward pass on the spec's example input; a layer run twice keeps its first input."""
     inputs: dict[str, tuple[int, ...]] = {}
     modules = {n: m for n, m in model.named_modules() if isinstance(m, _TIMED)}
 
@@ -412,7 +412,7 @@ def _layer_shapes(model: nn.Module, spec: ModelSpec) -> dict[str, LayerShape]:
     device = device_of(model)
     try:
         with torch.inference_mode():
-            model.eval()(torch.zeros(1, 3, spec.image_size, spec.image_size, device=device))
+            model.eval()(spec.example_input(device))
     finally:
         for h in hooks:
             h.remove()

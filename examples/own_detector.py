@@ -1,7 +1,7 @@
 """CHIP on your own task: a small YOLO-style detector, pruned, measured with its own metric,
 fine-tuned with its own loss, saved, reloaded and swept, through chipprune's Python API alone.
 
-    python examples/own_detector.py            # about 3 minutes on 2 CPU cores
+    python examples/own_detector.py            # about 10 minutes on 2 CPU cores (docs/ANY_MODEL.md)
     python examples/own_detector.py --quick    # the same steps, tiny, for a smoke test
 
 The task is synthetic so that the example runs anywhere without data: find the one coloured
@@ -116,7 +116,7 @@ def batches_of(images: torch.Tensor, boxes: torch.Tensor, size: int) -> list[tup
 
 def main(quick: bool = False) -> dict[str, object]:
     torch.manual_seed(0)
-    n_train, n_test, epochs = (128, 32, 1) if quick else (4096, 512, 6)
+    n_train, n_test, epochs = (128, 32, 1) if quick else (2048, 512, 4)
     train = batches_of(*make_images(n_train, seed=1), size=64)
     test_images, test_boxes = make_images(n_test, seed=2)
     evaluate = lambda m: hit_rate(m, test_images, test_boxes)  # noqa: E731 - the one line a user writes

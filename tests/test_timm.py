@@ -19,7 +19,8 @@ from chipprune.models import timm_models  # noqa: E402
 from chipprune.models.user import is_user_factory  # noqa: E402
 
 SIZE = 64
-FAMILIES = ["resnet18", "efficientnet_b0", "convnext_atto", "regnetx_002", "mobilenetv3_small_050"]
+# poolformer_s12: its layer scale needs chipprune's ScalePruner (timm_models.py).
+FAMILIES = ["resnet18", "efficientnet_b0", "convnext_atto", "regnetx_002", "mobilenetv3_small_050", "poolformer_s12"]
 
 
 def _pruned(name: str):
@@ -62,6 +63,14 @@ def test_timm_names_are_not_user_factories_nor_listed():
 def test_unknown_timm_name_suggests_close_ones():
     with pytest.raises(ChipPruneError, match="unknown timm model 'resnet181'.*timm:resnet18"):
         chipprune.get_model_spec("timm:resnet181")
+
+
+@pytest.mark.parametrize("name", ["res2net50_26w_4s", "cspdarknet53", "ghostnet_100", "nfnet_l0"])
+def test_unsupported_timm_families_are_refused_in_one_line(name):
+    model, spec = chipprune.load_model(f"timm:{name}", None, image_size=SIZE)
+    assert spec.unsupported
+    with pytest.raises(ChipPruneError, match="cannot be pruned"):
+        chipprune.prune(model, spec, "0.3", calibration=[torch.rand(2, 3, SIZE, SIZE)], progress=False)
 
 
 def test_timm_missing_says_which_extra(monkeypatch):

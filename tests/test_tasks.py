@@ -179,3 +179,30 @@ def test_commands_that_need_a_classifier_refuse_a_segmenter_before_any_work(tmp_
     assert main(["run", "--model", "lraspp_mobilenet_v3_large", "--weights", "none", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "trains and measures classifiers" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+class _Upsampler(nn.Module):
+    """A head whose last layer is a transposed conv (as Mask R-CNN's and Keypoint R-CNN's are)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.up = nn.ConvTranspose2d(16, 16, 2, stride=2)
+        self.logits = nn.ConvTranspose2d(16, 4, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits(torch.relu(self.up(self.body(x))))
+
+
+def test_a_group_read_only_by_a_transposed_conv_is_scored_and_a_transposed_output_layer_kept():
+    # Mask R-CNN's mask head: a conv whose only reader is a transposed conv had no map to score.
+    torch.manual_seed(0)
+    model = _Upsampler()
+    spec = chipprune.custom_spec("upsampler", torch.zeros(1, 3, 8, 8), factory=_Upsampler, task="segmentation")
+    _, groups, outputs = prunable_groups(model, spec)
+    assert outputs == ["logits"]
+    result = chipprune.prune(model, spec, "0.5", calibration=[torch.rand(2, 3, 8, 8)], progress=False)
+    # Transposed convs read pruned channels; their own outputs are not pruned (they root no group).
+    assert model.body[0].out_channels == 8 and model.up.in_channels == 8 and model.up.out_channels == 16
+    assert model.logits.out_channels == 4 and [g["group"] for g in result.record["groups"]] == ["body.0"]
+    assert result.record["groups"][0]["scored_maps"] == ["up:input"]

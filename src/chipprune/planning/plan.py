@@ -51,7 +51,11 @@ def size_after(model: nn.Module, spec: ModelSpec, groups: Sequence[ChannelGroup]
     """Params and MACs of ``model`` with ``keep[g]`` channels per group (any channels: sizes do not
     depend on which)."""
     trial = pruned_copy(model, spec, groups, keep)
-    return count_params(trial), count_macs(trial, spec.example_input())
+    try:
+        return count_params(trial), count_macs(trial, spec.example_input())
+    except RuntimeError as exc:  # the surgery left layers that no longer fit together
+        raise ChipPruneError(f"a copy of {spec.name} with the planned widths no longer runs ({str(exc)[:200]}): Torch-Pruning "
+                             "followed its channel coupling wrongly. Keep the layers involved with --ignore") from None
 
 
 def plan_from_keep(

@@ -59,6 +59,11 @@ class ChannelGroup:
     couplings: list[tuple[str, str, int]] = field(default_factory=list)
 
 
+# Layers whose inputs show a group's channels and whose outputs can be a model's outputs. A transposed
+# conv (Mask R-CNN's and Keypoint R-CNN's upsampling heads) is the only consumer of some groups.
+_LAYERS = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+
+
 def find_classifier(model: nn.Module, example: Any) -> str:
     """Name of the last Linear/Conv layer run in a forward pass: a classifier's output layer."""
     order: list[str] = []
@@ -146,13 +151,13 @@ def output_layers(model: nn.Module, dg: tp.DependencyGraph) -> list[str]:
 
     def consumes_channels(node) -> bool:
         m = node.module
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             return not (m.groups > 1 and m.groups == m.in_channels == m.out_channels)
         return isinstance(m, nn.Linear)
 
     found = []
     for module, node in dg.module2node.items():
-        if module not in names or not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if module not in names or not isinstance(module, _LAYERS):
             continue
         stack, seen = [node], {node}
         while stack:
@@ -201,7 +206,7 @@ def build_groups(
                 channel_groups = max(channel_groups, int(fn(module)))
             if dg.is_out_channel_pruning_fn(handler) and isinstance(module, layer_types):
                 members.append(names[module])
-            if dg.is_in_channel_pruning_fn(handler) and isinstance(module, (nn.Conv2d, nn.Linear)):
+            if dg.is_in_channel_pruning_fn(handler) and isinstance(module, _LAYERS):
                 sources.append(
                     FeatureSource(
                         names[module],

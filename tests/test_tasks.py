@@ -206,3 +206,14 @@ def test_a_group_read_only_by_a_transposed_conv_is_scored_and_a_transposed_outpu
     assert model.body[0].out_channels == 8 and model.up.in_channels == 8 and model.up.out_channels == 16
     assert model.logits.out_channels == 4 and [g["group"] for g in result.record["groups"]] == ["body.0"]
     assert result.record["groups"][0]["scored_maps"] == ["up:input"]
+
+
+def test_onnx_agreement_is_judged_against_the_outputs_scale_and_ignores_the_order_of_rows():
+    from chipprune.io.onnx import _close, _rows_sorted
+
+    # A small logit beside large ones carries the large ones' rounding: judged at the output's scale.
+    assert _close(np.array([1000.0, 0.01]), np.array([1000.0, 0.0]), 1e-4, 1e-3)
+    assert not _close(np.array([1.0, 2.0]), np.array([1.0, 2.1]), 1e-4, 1e-3)
+    boxes = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, 1.0, 2.0, 2.0]])
+    assert np.array_equal(_rows_sorted(boxes), _rows_sorted(boxes[::-1]))
+    assert not np.array_equal(_rows_sorted(boxes), _rows_sorted(boxes + [0, 0, 0, 1]))

@@ -31,9 +31,9 @@ from .evaluation.metrics import evaluate as evaluate_accuracy
 from .io.pruned import PruneResult, pruning_record
 from .models.spec import ModelSpec
 from .planning.plan import Plan
-from .runtime import device_of
 from .planning.request import PlanRequest, make_plan
 from .results import PruneReport
+from .runtime import device_of
 from .scoring.criteria import Criterion, get_criterion
 from .scoring.streaming import GroupScores
 from .surgery.apply import remove_channels
@@ -41,7 +41,7 @@ from .surgery.groups import ChannelGroup, classifier_outputs, prunable_groups
 
 __all__ = ["score", "plan", "apply_plan", "prune_to_plan", "prune"]
 
-Traced = tuple[tp.DependencyGraph, list[ChannelGroup], str]  # what prunable_groups returns
+Traced = tuple[tp.DependencyGraph, list[ChannelGroup], list[str]]  # what prunable_groups returns
 
 
 def score(
@@ -63,7 +63,7 @@ def score(
         groups = all_groups if groups is None else groups
     batches = calibration_batches(calibration, spec) if criterion.needs_images else None
     return criterion.score(model, groups, batches=batches, dg=dg, device=device, seed=_seed(calibration), progress=progress,
-                           total=_length(batches) if batches is not None else None)
+                           total=_length(batches))
 
 
 def plan(
@@ -221,14 +221,14 @@ def _seed(calibration: Calibration | Iterable) -> int:
 def _length(batches) -> int | None:
     try:
         return len(batches)
-    except TypeError:  # an iterable without a length: the progress bar counts without a total
+    except TypeError:  # none, or an iterable without a length: the progress bar counts without a total
         return None
 
 
 def _score_groups(criterion: Criterion, model: nn.Module, traced: Traced, groups: list[ChannelGroup], batches, seed: int,
                   device: torch.device | str, progress: bool) -> dict[str, GroupScores]:
     return criterion.score(model, groups, batches=batches, dg=traced[0], device=device, seed=seed, progress=progress,
-                           total=_length(batches) if batches is not None else None)
+                           total=_length(batches))
 
 
 def _open_data(calibration: Calibration | Iterable, spec: ModelSpec, evaluate_on: str | Path | bool,
@@ -264,7 +264,7 @@ def _why_not_measured(spec: ModelSpec, test_loader, evaluate: Callable | None) -
     if spec.task != "classification":
         return (f"a {spec.task} model: chipprune measures accuracy for classifiers only; "
                 "give your metric as evaluate=... in the Python API (docs/ANY_MODEL.md)")
-    return "no labelled test images (an ImageFolder with test/ or val/ class folders, or --eval-data)"
+    return "no labelled test images (data with a test split: an ImageFolder with test/ or val/ class folders, or CIFAR-10)"
 
 
 def _evaluate_model(model: nn.Module, report: PruneReport, when: str, test_loader, evaluate: Callable | None,

@@ -57,20 +57,20 @@ class Calibration:
 
 
 class ModelBatches:
-    """(model input, label) pairs from (images, labels) batches or from a user's inputs: what scoring
-    and BatchNorm re-estimation read. Images become the model's input (a list for torchvision's
-    detectors); a user's inputs are passed as they are, with no labels."""
+    """(model input, label) pairs: what scoring and BatchNorm re-estimation read. With a ``spec``, from
+    (images, labels) batches, the images as the model takes them (a list for torchvision's detectors);
+    without, from a user's own inputs, passed as they are, with no labels."""
 
-    def __init__(self, batches: Iterable, spec: ModelSpec | None = None, *, labelled: bool = True) -> None:
-        self.batches, self.spec, self.labelled = batches, spec, labelled
+    def __init__(self, batches: Iterable, spec: ModelSpec | None = None) -> None:
+        self.batches, self.spec = batches, spec
 
     def __iter__(self) -> Iterator[tuple[Any, Any]]:
         for batch in self.batches:
-            if not self.labelled:
+            if self.spec is None:
                 yield batch, None
-                continue
-            x, y = batch
-            yield (self.spec.model_input(x) if self.spec is not None else x), y
+            else:
+                x, y = batch
+                yield self.spec.model_input(x), y
 
     def __len__(self) -> int:
         return len(self.batches)  # type: ignore[arg-type]
@@ -86,4 +86,4 @@ def calibration_batches(calibration: Calibration | Iterable, spec: ModelSpec, so
             "calibration must be a Calibration, or an iterable of model inputs that can be read more than once "
             f"(a list or a DataLoader); got {type(calibration).__name__}"
         )
-    return ModelBatches(calibration, labelled=False)
+    return ModelBatches(calibration)

@@ -57,14 +57,16 @@ def time_call(run: Callable[[], object], batch_size: int, device: str, *, min_ru
     return Latency(batch_size, m.median * 1e3, m.iqr * 1e3, len(m.times) * m.number_per_run, device, min(m.times) * 1e3)
 
 
-def random_input(shape: int | ModelSpec, batch_size: int, device: torch.device | str = "cpu") -> Any:
+def random_input(shape: int | ModelSpec, batch_size: int, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> Any:
     """A random batch of ``batch_size`` images of ``shape`` (an image size, or a spec: as its model takes
-    them). A spec with an ``example`` input gives that input: its own batch size, and its values."""
+    them), drawn on the CPU from ``generator`` (default: torch's). A spec with an ``example`` input
+    gives that input: its own batch size, and its values."""
     if isinstance(shape, int):
-        return torch.randn(batch_size, 3, shape, shape, device=device)
+        return torch.randn(batch_size, 3, shape, shape, generator=generator).to(device)
     if shape.example is not None:
         return shape.example_input(device)
-    return shape.model_input(torch.rand(batch_size, 3, shape.image_size, shape.image_size, device=device))
+    return shape.model_input(torch.rand(batch_size, 3, shape.image_size, shape.image_size, generator=generator).to(device))
 
 
 def model_runner(model: nn.Module, shape: int | ModelSpec, batch_size: int, device: torch.device | str = "cpu") -> Callable[[], None]:
@@ -92,8 +94,7 @@ def onnx_runner(path: str | Path, shape: int | ModelSpec, batch_size: int, devic
     if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
     session = ort.InferenceSession(str(path), options, providers=providers)
-    torch.manual_seed(0)
-    leaves = [t.numpy() for t in pytree.tree_leaves(random_input(shape, batch_size))]
+    leaves = [t.numpy() for t in pytree.tree_leaves(random_input(shape, batch_size, generator=torch.Generator().manual_seed(0)))]
     feed = {i.name: x for i, x in zip(session.get_inputs(), leaves)}
     return lambda: session.run(None, feed)
 

@@ -42,11 +42,12 @@ def export_onnx(model: nn.Module, shape: int | ModelSpec, path: str | Path, *, a
     was_training = model.training
     # Exported and checked on the CPU; a model on another device is copied, not moved.
     model = model.eval() if device_of(model).type == "cpu" else copy.deepcopy(model).cpu().eval()
-    batched = isinstance(random_input(shape, 1), torch.Tensor)  # an image batch: the batch size may vary
+    example = random_input(shape, 1, generator=torch.Generator().manual_seed(0))
+    batched = isinstance(example, torch.Tensor)  # an image batch: the batch size may vary
     fd, tmp = temporary_file_beside(path)
     os.close(fd)
     try:
-        _export(model, random_input(shape, 1), tmp, batched)
+        _export(model, example, tmp, batched)
         if metadata:
             proto = onnx.load(tmp)
             for key, value in metadata.items():
@@ -56,8 +57,8 @@ def export_onnx(model: nn.Module, shape: int | ModelSpec, path: str | Path, *, a
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         worst = 0.0
         for batch in (1, 3):
-            torch.manual_seed(batch)
-            worst = max(worst, _compare(model, session, random_input(shape, batch if batched else 1), atol, rtol))
+            inputs = random_input(shape, batch if batched else 1, generator=torch.Generator().manual_seed(batch))
+            worst = max(worst, _compare(model, session, inputs, atol, rtol))
         os.replace(tmp, path)
         return worst
     finally:

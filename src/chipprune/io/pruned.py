@@ -33,7 +33,7 @@ from ..models.user import is_user_factory
 from ..reporting.markdown import write_prune_report
 from ..runtime import device_of
 from ..surgery.apply import GroupRemoval, prune_group
-from ..surgery.groups import build_graph, classifier_outputs, example_input, find_classifier
+from ..surgery.groups import build_graph, classifier_outputs, find_classifier
 from .atomic import json_safe, read_json, save_state_dict, write_json
 from .folder import file_sha256, new_folder
 from .weights import load_weights
@@ -73,7 +73,7 @@ def pruning_record(
     channels each group lost (no removals: the model as built). ``outputs``: its output layers
     (found again when not given)."""
     if outputs is None:
-        outputs = [find_classifier(model.eval(), example_input(spec, device_of(model)))]
+        outputs = [find_classifier(model.eval(), spec.example_input(device_of(model)))]
     classifier = outputs[-1] if spec.task == "classification" and len(outputs) == 1 else None
     return {
         "format": PRUNED_FORMAT,

@@ -67,17 +67,16 @@ def resnet_paper_layout(model: nn.Module) -> list[LayoutEntry]:
 def spec_for(name: str) -> ModelSpec:
     """The spec of torchvision's model ``name`` (one of ``names()``)."""
     task = _tasks()[name]
+    with_backbone = partial(torchvision.models.get_model, name, weights=None, weights_backbone=None)
     if task == "detection":
         # Detectors take a list of images in [0, 1] and normalise and resize them themselves.
         return ModelSpec(
-            name=name, factory=partial(torchvision.models.get_model, name, weights=None, weights_backbone=None),
-            family="torchvision detection", image_size=_detection_size(name), num_classes=91, mean=(0.0, 0.0, 0.0),
+            name=name, factory=with_backbone, family="torchvision detection", image_size=_detection_size(name), num_classes=91, mean=(0.0, 0.0, 0.0),
             std=(1.0, 1.0, 1.0), notes="torchvision detection (COCO's 91 classes)", task="detection", images_as_list=True,
         )
     if task == "segmentation":
         return ModelSpec(
-            name=name, factory=partial(torchvision.models.get_model, name, weights=None, weights_backbone=None),
-            family="torchvision segmentation", image_size=520, num_classes=21, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            name=name, factory=with_backbone, family="torchvision segmentation", image_size=520, num_classes=21, mean=IMAGENET_MEAN, std=IMAGENET_STD,
             notes="torchvision segmentation (VOC's 21 classes)", task="segmentation",
         )
     # GoogLeNet and Inception-v3 warn that their default initialisation will change; ask for

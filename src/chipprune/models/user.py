@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..errors import ChipPruneError
 from .spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from .timm_models import is_timm_name
 
 __all__ = ["is_user_factory", "spec_for"]
 
@@ -17,7 +18,7 @@ __all__ = ["is_user_factory", "spec_for"]
 def is_user_factory(name: str) -> bool:
     """Whether ``name`` names a user's function (building such a model imports and runs their code);
     ``timm:NAME`` names a timm model, not a function."""
-    return ":" in name and not name.startswith("timm:")
+    return ":" in name and not is_timm_name(name)
 
 
 def spec_for(name: str) -> ModelSpec:

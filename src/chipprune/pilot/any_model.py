@@ -22,7 +22,7 @@ from ..data.calibration import Calibration, calibration_batches
 from ..errors import ChipPruneError
 from ..evaluation.metrics import call_evaluate, count_macs, count_params, recalibrate_batchnorm
 from ..models.spec import ModelSpec
-from ..pipeline import apply_plan
+from ..pipeline import apply_plan, score
 from ..planning.request import PlanRequest, make_plan
 from ..reporting.plots import plot_sweep
 from ..scoring.criteria import Criterion, get_criterion
@@ -64,11 +64,8 @@ def sweep_any(
         raise ChipPruneError(f"levels must be fractions of the MACs between 0 and 1, got {list(levels)}")
     criterion = get_criterion(criterion)
     model = model.to(device).eval()
-    dg, groups, _ = prunable_groups(model, spec)
-    batches = calibration_batches(calibration, spec)
-    seed = calibration.seed if isinstance(calibration, Calibration) else 0
-    scores = criterion.score(model, groups, batches=batches if criterion.needs_images else None, dg=dg, device=device, seed=seed,
-                             progress=progress)
+    scores = score(model, spec, calibration, criterion=criterion, device=device, progress=progress)
+    batches = calibration_batches(calibration, spec)  # read again for each level's BatchNorm
     base = call_evaluate(evaluate, model)
     points = [SweepPoint(1.0, count_params(model), count_macs(model, spec.example_input()), base, 0.0)]
     for level in sorted(levels, reverse=True):

@@ -14,7 +14,7 @@ from ..evaluation.metrics import count_macs, count_params
 from ..models.spec import ModelSpec
 from ..runtime import device_of
 from ..surgery.apply import prune_group, select_top
-from ..surgery.groups import ChannelGroup, build_graph, example_input
+from ..surgery.groups import ChannelGroup, build_graph
 
 __all__ = ["Plan", "pruned_copy", "size_after", "channels_to_keep", "keep_counts", "plan_from_keep"]
 
@@ -39,7 +39,7 @@ def pruned_copy(model: nn.Module, spec: ModelSpec, groups: Sequence[ChannelGroup
     """A copy of ``model`` with ``keep[g]`` channels per group (the first ones: for sizes and speed,
     which channels does not matter). The model is untouched."""
     trial = copy.deepcopy(model).eval()
-    dg = build_graph(trial, example_input(spec, device_of(trial)), spec.custom_pruners)
+    dg = build_graph(trial, spec.example_input(device_of(trial)), spec.custom_pruners)
     for g in groups:
         if keep.get(g.name, g.channels) < g.channels:
             _, remove = select_top(torch.zeros(g.channels), keep[g.name], g.channel_groups)

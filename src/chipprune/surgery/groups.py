@@ -24,7 +24,7 @@ from ..runtime import device_of
 from .guard import tracing_guard
 
 __all__ = [
-    "FeatureSource", "ChannelGroup", "example_input", "quiet_torch_pruning", "find_classifier", "build_graph", "output_layers", "build_groups",
+    "FeatureSource", "ChannelGroup", "quiet_torch_pruning", "find_classifier", "build_graph", "output_layers", "build_groups",
     "prunable_groups", "classifier_outputs",
 ]
 
@@ -83,11 +83,6 @@ def find_classifier(model: nn.Module, example: Any) -> str:
     return order[-1]
 
 
-def example_input(spec: ModelSpec, device: torch.device | str = "cpu") -> Any:
-    """One input of the size ``spec``'s model is traced and counted at (``ModelSpec.example_input``)."""
-    return spec.example_input(device)
-
-
 @contextmanager
 def quiet_torch_pruning() -> Iterator[None]:
     """Torch-Pruning's notices that are noise for our users, silenced."""
@@ -128,7 +123,7 @@ def build_graph(model: nn.Module, example: Any, pruners: Mapping[type, Any] | No
     lose input channels when the layers feeding them are pruned.
     """
     pruners = dict(pruners or {})
-    forward = _forward_showing_every_layer((nn.Conv2d, nn.Linear, *pruners))
+    forward = _forward_showing_every_layer((*_LAYERS, *pruners))
     try:
         with torch.enable_grad(), quiet_torch_pruning():
             with tracing_guard(type(model).__name__):
@@ -144,16 +139,15 @@ def build_graph(model: nn.Module, example: Any, pruners: Mapping[type, Any] | No
 
 def output_layers(model: nn.Module, dg: tp.DependencyGraph) -> list[str]:
     """The layers whose output channels are the model's outputs (a classifier, a detector's box and
-    class predictors, a segmenter's per-pixel classifier), in module order: every Conv2d or Linear
-    whose result reaches the end of the traced graph without passing through another such layer
-    (a depthwise conv passes its channels through). Pruning them would change what the model returns."""
+    class predictors, a segmenter's per-pixel classifier), in module order: every conv (plain or
+    transposed) or linear layer whose result reaches the end of the traced graph without passing
+    through another such layer (a depthwise conv passes its channels through). Pruning them would change what the model returns."""
     names = {m: n for n, m in model.named_modules()}
 
     def consumes_channels(node) -> bool:
         m = node.module
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            return not (m.groups > 1 and m.groups == m.in_channels == m.out_channels)
-        return isinstance(m, nn.Linear)
+        depthwise = isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        return isinstance(m, _LAYERS) and not depthwise
 
     found = []
     for module, node in dg.module2node.items():
@@ -250,7 +244,7 @@ def prunable_groups(
             idx = torch.arange(g.channels)
             g.sources = [FeatureSource(source, "output", idx, idx)]
     if not outputs:
-        raise ChipPruneError(f"found no output layer in {type(model).__name__}: no Conv2d or Linear layer's result reaches its outputs")
+        raise ChipPruneError(f"found no output layer in {type(model).__name__}: no conv or linear layer's result reaches its outputs")
     return dg, groups, outputs
 
 

@@ -111,6 +111,7 @@ def test_sweep_any_prunes_copies_to_each_level_and_leaves_the_model_alone(tmp_pa
         chipprune.sweep_any(model, spec, [_inputs(4, 1)], lambda m: 0.0, levels=(1.5,), progress=False)
 
 
+@pytest.mark.slow  # every step of the doc's example end to end; the API it uses is tested above
 def test_the_worked_example_runs_every_step(capsys):
     out = own_detector.main(quick=True)
     assert out["same"] is True

@@ -4,8 +4,9 @@ same run (interleaved rounds; medians with the rounds' range).
 1. CIFAR-size data, one core: the PIL path (per-image transforms under a forked generator, a
    DataLoader without workers; what chipprune used up to 0.3.0) against the in-memory path (one
    uint8 tensor, batches cropped, flipped and normalised in a few tensor operations).
-2. An ImageFolder of 224-pixel JPEGs made here: the old loader (no workers) against today's
-   (one worker per core).
+2. An ImageFolder of 224-pixel JPEGs made here, two epochs: the old loader (PIL transforms to
+   normalised floats, no workers) against today's (one persistent worker per core augmenting uint8
+   tensors; batches normalised in the main process).
 3. A fine-tuning epoch of pruned ResNet-56 (chipprune's `fit`, in-memory path) against a bare
    training loop over batches already in memory: the same model, optimiser, batch size and steps.
 
@@ -26,12 +27,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
+from torchvision import transforms
 
 import chipprune
-from chipprune.data import make_transform, open_data
+from chipprune.data import open_data
 from chipprune.data.memory import memory_images
-from chipprune.data.transforms import SeededAugmentation
+from chipprune.data.transforms import SeededAugmentation, augmentation
 from chipprune.io.atomic import write_json
 from chipprune.runtime import Dist
 from chipprune.training import TrainConfig, fit, recipe_with
@@ -65,11 +67,17 @@ def summary(label: str, a: list[float], b: list[float], unit: str = "images/s") 
     return row
 
 
+def pil_transform(spec, size: int) -> transforms.Compose:
+    """The training transform chipprune used up to 0.3.0, on PIL images: the baseline of both data rows."""
+    crop = [transforms.RandomCrop(size, padding=4)] if size <= 64 else [transforms.RandomResizedCrop(size)]
+    return transforms.Compose(crop + [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
+
+
 def cifar_paths(n_rounds: int) -> dict:
     spec = chipprune.get_model_spec("cifar_resnet56")
     source = open_data("bundled")
     torch.set_num_threads(1)
-    dataset = SeededAugmentation(source.split("train", make_transform(spec, True, 32)), seed=0)
+    dataset = SeededAugmentation(source.split("train", pil_transform(spec, 32)), seed=0)
     memory = memory_images(source, "train", spec, torch.device("cpu"))
     n = len(dataset)
 
@@ -85,27 +93,47 @@ def cifar_paths(n_rounds: int) -> dict:
     return row
 
 
-def jpeg_paths(n_rounds: int, images: int = 256) -> dict:
-    spec = chipprune.get_model_spec("resnet18")
+def jpeg_folder(images: int) -> Path:
+    """A 4-class ImageFolder of 224-pixel JPEGs with texture at several scales (as photos have)."""
     root = Path(tempfile.mkdtemp(prefix="train-speed-jpeg-"))
     rng = np.random.default_rng(0)
     for split in ("train", "test"):
         for c in range(4):
             (root / split / f"c{c}").mkdir(parents=True)
             for i in range(images // 4 if split == "train" else 1):
-                smooth = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-                Image.fromarray(smooth).resize((224, 224), Image.BICUBIC).save(root / split / f"c{c}" / f"{i}.jpg", quality=90)
-    source = open_data(root)
-    train = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, None)), list(range(images))), seed=0)
+                coarse = np.asarray(Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).resize((224, 224), Image.BICUBIC))
+                textured = (coarse.astype(int) + rng.integers(-24, 24, coarse.shape)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(textured).save(root / split / f"c{c}" / f"{i}.jpg", quality=90)
+    return root
+
+
+def jpeg_paths(n_rounds: int, images: int = 512, epochs: int = 2, batch: int = 32) -> dict:
+    """``epochs`` epochs of ``images`` per round: the old loader (PIL transforms, float images, no
+    workers) against today's (uint8 augmentation in persistent workers, normalised per batch)."""
+    spec = chipprune.get_model_spec("resnet18")
+    source = open_data(jpeg_folder(images))
+    old_set = SeededAugmentation(source.split("train", pil_transform(spec, spec.image_size)), seed=0)
+    new_set = SeededAugmentation(source.split("train", augmentation(spec, None)), seed=0)
 
     def old() -> float:
-        return rate(lambda: [None for _ in DataLoader(train, batch_size=32, drop_last=True)], images)
+        def run() -> None:
+            for epoch in range(epochs):
+                old_set.epoch = epoch
+                for _ in DataLoader(old_set, batch_size=batch, drop_last=True):
+                    pass
+        return rate(run, epochs * images)
 
     def new() -> float:
-        batches = _LoaderBatches(train, 0, 32, Dist(), torch.device("cpu"))
-        return rate(lambda: [None for _ in batches.epoch(0, 0)], batches.steps_per_epoch * 32)
+        batches = _LoaderBatches(new_set, spec, 0, batch, Dist(), torch.device("cpu"))
 
-    return summary(f"ImageFolder 224 px JPEG: no workers -> {loader_workers()} workers", *rounds(old, new, n_rounds))
+        def run() -> None:
+            for epoch in range(epochs):
+                for _ in batches.epoch(epoch, 0):
+                    pass
+        return rate(run, epochs * batches.steps_per_epoch * batch)
+
+    label = f"ImageFolder 224 px JPEG, {epochs} epochs: no workers -> {loader_workers()} workers"
+    return summary(label, *rounds(old, new, n_rounds))
 
 
 def epoch_against_bare_loop(n_rounds: int, device: torch.device) -> dict:

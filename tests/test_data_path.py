@@ -63,7 +63,7 @@ def test_cifar_size_data_is_held_in_memory_and_large_images_are_not(tmp_path):
     assert memory_images(open_data(tmp_path), "train", spec, torch.device("cpu")) is None  # one image of another size
     (tmp_path / "train" / "a" / "2.png").unlink()
     held = memory_images(open_data(tmp_path), "train", spec, torch.device("cpu"))
-    assert held is not None and held.images.shape == (2, 32, 32, 3) and int(held.images[1].max()) == 1
+    assert held is not None and held.images.shape == (2, 3, 32, 32) and int(held.images[1].max()) == 1
     assert memory_images(open_data("bundled"), "train", chipprune.get_model_spec("resnet18"), torch.device("cpu")) is None
 
 
@@ -106,3 +106,41 @@ def test_distillation_from_an_identical_teacher_adds_nothing_to_the_loss():
     assert float(trainer._with_distillation(torch.tensor(0.0), logits, x).detach()) == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ChipPruneError, match="needs the original model"):
         _Trainer(model, data, TrainConfig(recipe_with("chip-cifar", distill_weight=0.5, batch_size=16), "unused"), Dist(), None)
+
+
+def test_the_loader_path_draws_each_crop_from_seed_epoch_and_index_whatever_its_workers(tmp_path, monkeypatch):
+    # The loader path's workers persist across epochs, so they must take the epoch from the sampler.
+    from PIL import Image
+    from torch.utils.data import Subset
+
+    from chipprune.data.transforms import SeededAugmentation, augmentation, make_transform
+    from chipprune.runtime import Dist
+    from chipprune.training import batches as batches_module
+
+    rng = np.random.default_rng(2)
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(6 if split == "train" else 1):
+            Image.fromarray(rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
+    spec = chipprune.get_model_spec("resnet18")
+    source = open_data(tmp_path)
+
+    def run(workers: int) -> list[list[torch.Tensor]]:
+        monkeypatch.setattr(batches_module, "loader_workers", lambda: workers)
+        dataset = SeededAugmentation(Subset(source.split("train", augmentation(spec, None)), range(6)), seed=7)
+        batches = batches_module._LoaderBatches(dataset, spec, 7, 2, Dist(), torch.device("cpu"))
+        epochs = [[x for x, _ in batches.epoch(e, first)] for e, first in ((0, 0), (1, 0), (1, 1), (0, 0))]
+        assert batches._epoch_loader.persistent_workers == (workers > 0)
+        return epochs
+
+    alone, shared = run(0), run(2)
+    for a, b in zip(alone, shared):
+        assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    first, second, resumed, again = alone
+    assert len(first) == 3 and len(resumed) == 2
+    assert all(torch.equal(x, y) for x, y in zip(second[1:], resumed)) and all(torch.equal(x, y) for x, y in zip(first, again))
+    assert not torch.equal(first[0], second[0])
+    # Each image is the float transform's output, normalised a batch at a time instead of per image.
+    order = list(batches_module.DistributedSampler(range(6), num_replicas=1, rank=0, shuffle=True, seed=7, drop_last=True))
+    per_image = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, None)), range(6)), seed=7)
+    assert torch.allclose(first[0], torch.stack([per_image[(0, i)][0] for i in order[:2]]), atol=1e-5)

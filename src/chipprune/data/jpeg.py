@@ -49,7 +49,8 @@ class JpegCrops(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        epoch, i = item if isinstance(item, tuple) else (self.epoch, item)  # as SeededAugmentation takes them
         path, label = self.samples[self.index[i]]
         raw = Path(path).read_bytes()
         try:
@@ -59,7 +60,7 @@ class JpegCrops(Dataset):
             raise ChipPruneError(f"cannot read image {path}: {exc}") from None
         with torch.random.fork_rng(devices=[]):
             # The draws of SeededAugmentation + make_transform's training transform, in their order.
-            torch.default_generator.manual_seed(augmentation_seed(self.seed, self.epoch, i))
+            torch.default_generator.manual_seed(augmentation_seed(self.seed, epoch, i))
             # A (1, H, W) view of one number: get_params reads only the dimensions.
             sized = torch.zeros(1, 1, 1).expand(1, size[1], size[0])
             top, left, h, w = transforms.RandomResizedCrop.get_params(sized, self.crop.scale, self.crop.ratio)

@@ -9,8 +9,9 @@ from (seed, epoch, its index among the training images)):
   DataLoader, no copies per step;
 - JPEGs on a GPU: a DataLoader's workers read the files and draw each image's crop; the GPU decodes
   and augments the batch (data/jpeg.py);
-- loader: anything else goes through a DataLoader with worker processes (one per core, up to 32),
-  pinned memory on CUDA, each image augmented by PIL transforms under a seeded generator.
+- loader: anything else goes through a DataLoader whose worker processes (one per core, up to 32)
+  live for the whole run; each decodes an image and augments it as a uint8 tensor under a seeded
+  generator, and the batch is normalised on the training device (pinned memory on CUDA).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from ..data.jpeg import JpegCrops, collate_jpegs, decode_batch, is_jpeg_folder
 from ..data.memory import MemoryImages, memory_images
 from ..data.sources import DataSource
-from ..data.transforms import SeededAugmentation, make_transform
+from ..data.transforms import SeededAugmentation, BatchNormalizer, augmentation, make_transform
 from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
 from ..runtime import Dist
@@ -45,14 +46,19 @@ def loader_workers() -> int:
     return max(0, min(32, cores // processes))
 
 
-class _FromPosition(Sampler):
-    """The sampler's order, starting at position ``start`` (to resume inside an epoch)."""
+class _EpochPositions(Sampler):
+    """The sampler's order of one epoch from position ``start`` (to resume inside an epoch), each
+    position paired with the epoch: a DataLoader's persistent workers take the epoch from there."""
 
-    def __init__(self, base: DistributedSampler, start: int = 0) -> None:
-        self.base, self.start = base, start
+    def __init__(self, base: DistributedSampler) -> None:
+        self.base, self.epoch, self.start = base, 0, 0
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(self.base)[self.start :])
+    def set(self, epoch: int, start: int) -> None:
+        self.base.set_epoch(epoch)
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter([(self.epoch, i) for i in list(self.base)[self.start :]])
 
     def __len__(self) -> int:
         return max(0, len(self.base) - self.start)
@@ -66,9 +72,11 @@ class _TrainBatches:
         # DistributedSampler only needs the length: it draws (seed, epoch)-seeded orders of range(count).
         self.sampler = DistributedSampler(range(count), num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
                                           seed=config_seed, drop_last=True)
+        self.positions = _EpochPositions(self.sampler)
         self.images = count
         self.steps_per_epoch = len(self.sampler) // per_rank_batch
         self.max_label: int | None = None  # known up front (memory path): labels need no check per batch
+        self._epoch_loader: DataLoader | None = None
 
     def __len__(self) -> int:
         return self.images
@@ -76,22 +84,30 @@ class _TrainBatches:
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
-    def _loader(self, dataset: Dataset, first: int, **options) -> DataLoader:
-        """The DataLoader of this epoch's batches from step ``first`` (the sampler set to the epoch)."""
-        workers = loader_workers()
-        return DataLoader(dataset, batch_size=self.per_rank_batch, sampler=_FromPosition(self.sampler, first * self.per_rank_batch),
-                          drop_last=True, num_workers=workers, prefetch_factor=4 if workers else None, **options)
+    def _loader(self, dataset: Dataset, epoch: int, first: int, **options) -> DataLoader:
+        """The DataLoader of epoch ``epoch``'s batches from step ``first``: one for the whole run,
+        whose worker processes persist across epochs (no start-up cost per epoch)."""
+        self.positions.set(epoch, first * self.per_rank_batch)
+        if self._epoch_loader is None:
+            workers = loader_workers()
+            self._epoch_loader = DataLoader(dataset, batch_size=self.per_rank_batch, sampler=self.positions, drop_last=True,
+                                            num_workers=workers, prefetch_factor=4 if workers else None,
+                                            persistent_workers=workers > 0, **options)
+        return self._epoch_loader
 
 
 class _LoaderBatches(_TrainBatches):
-    def __init__(self, dataset: SeededAugmentation, config_seed: int, per_rank_batch: int, dist_info: Dist, device: torch.device) -> None:
+    """Workers decode and augment each image into a uint8 tensor; the batch is moved to the device
+    (a quarter of the bytes of floats) and normalised there."""
+
+    def __init__(self, dataset: SeededAugmentation, spec: ModelSpec, config_seed: int, per_rank_batch: int, dist_info: Dist,
+                 device: torch.device) -> None:
         super().__init__(len(dataset), config_seed, per_rank_batch, dist_info)
-        self.dataset, self.device = dataset, device
+        self.dataset, self.device, self.normalize = dataset, device, BatchNormalizer(spec, device)
 
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.set_epoch(epoch)
-        self.dataset.epoch = epoch
-        return iter(self._loader(self.dataset, first, pin_memory=self.device.type == "cuda"))
+        for images, labels in self._loader(self.dataset, epoch, first, pin_memory=self.device.type == "cuda"):
+            yield self.normalize(images.to(self.device, non_blocking=True)), labels
 
 
 class _JpegBatches(_TrainBatches):
@@ -104,9 +120,7 @@ class _JpegBatches(_TrainBatches):
         self.crops, self.spec, self.device = crops, spec, device
 
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.sampler.set_epoch(epoch)
-        self.crops.epoch = epoch
-        for data, lengths, boxes, labels in self._loader(self.crops, first, collate_fn=collate_jpegs):
+        for data, lengths, boxes, labels in self._loader(self.crops, epoch, first, collate_fn=collate_jpegs):
             yield decode_batch(data, lengths, boxes, self.spec, self.device), labels
 
 
@@ -189,8 +203,8 @@ def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, 
     if device.type == "cuda" and spec.image_size > 64 and samples is not None and is_jpeg_folder(samples):
         train: _TrainBatches = _JpegBatches(JpegCrops(samples, train_idx, seed), spec, seed, per_rank, dist_info, device)
     else:
-        augmented = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, source.image_size)), train_idx), seed)
-        train = _LoaderBatches(augmented, seed, per_rank, dist_info, device)
+        augmented = SeededAugmentation(Subset(source.split("train", augmentation(spec, source.image_size)), train_idx), seed)
+        train = _LoaderBatches(augmented, spec, seed, per_rank, dist_info, device)
     return RunData(
         train,
         _loader(plain, _share(val_idx, dist_info)) if n_val else None, n_val, _test_loader(spec, source, dist_info), False,

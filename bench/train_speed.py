@@ -6,7 +6,7 @@ same run (interleaved rounds; medians with the rounds' range).
    uint8 tensor, batches cropped, flipped and normalised in a few tensor operations).
 2. An ImageFolder of 224-pixel JPEGs made here, two epochs: the old loader (PIL transforms to
    normalised floats, no workers) against today's (one persistent worker per core augmenting uint8
-   tensors; batches normalised in the main process).
+   tensors; batches normalised in the main process); and the augmentation alone on one core.
 3. A fine-tuning epoch of pruned ResNet-56 (chipprune's `fit`, in-memory path) against a bare
    training loop over batches already in memory: the same model, optimiser, batch size and steps.
 
@@ -33,7 +33,8 @@ from torchvision import transforms
 import chipprune
 from chipprune.data import open_data
 from chipprune.data.memory import memory_images
-from chipprune.data.transforms import SeededAugmentation, augmentation
+from chipprune.data.sources import read_image
+from chipprune.data.transforms import BatchNormalizer, SeededAugmentation, augmentation
 from chipprune.io.atomic import write_json
 from chipprune.runtime import Dist
 from chipprune.training import TrainConfig, fit, recipe_with
@@ -133,7 +134,29 @@ def jpeg_paths(n_rounds: int, images: int = 512, epochs: int = 2, batch: int = 3
         return rate(run, epochs * batches.steps_per_epoch * batch)
 
     label = f"ImageFolder 224 px JPEG, {epochs} epochs: no workers -> {loader_workers()} workers"
-    return summary(label, *rounds(old, new, n_rounds))
+    return summary(label, *rounds(old, new, n_rounds)), source
+
+
+def augmentation_alone(n_rounds: int, source, batch: int = 32) -> dict:
+    """One core, images already decoded: the old PIL transform against the uint8 augmentation plus
+    its share of normalising a batch (decoding is the same in both and left out)."""
+    spec = chipprune.get_model_spec("resnet18")
+    torch.set_num_threads(1)
+    decoded = [read_image(path) for path, _ in source.split("train", None).samples[:128]]
+    old_transform, new_transform = pil_transform(spec, spec.image_size), augmentation(spec, None)
+    normalize = BatchNormalizer(spec, torch.device("cpu"))
+
+    def old() -> float:
+        return rate(lambda: [torch.stack([old_transform(im) for im in decoded[i:i + batch]]) for i in range(0, len(decoded), batch)],
+                    len(decoded))
+
+    def new() -> float:
+        return rate(lambda: [normalize(torch.stack([new_transform(im) for im in decoded[i:i + batch]]))
+                             for i in range(0, len(decoded), batch)], len(decoded))
+
+    row = summary("224 px augmentation alone, one core: PIL -> uint8 v2", *rounds(old, new, n_rounds))
+    torch.set_num_threads(os.cpu_count() or 1)
+    return row
 
 
 def epoch_against_bare_loop(n_rounds: int, device: torch.device) -> dict:
@@ -179,7 +202,9 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {device}")
     print(f"{'':58} {'baseline':>10} {'candidate':>10} {'':9} ratio [range over rounds]")
-    rows = [cifar_paths(args.rounds), jpeg_paths(args.rounds), epoch_against_bare_loop(args.rounds, device)]
+    jpeg_row, jpeg_source = jpeg_paths(args.rounds)
+    rows = [cifar_paths(args.rounds), jpeg_row, augmentation_alone(args.rounds, jpeg_source),
+            epoch_against_bare_loop(args.rounds, device)]
     print("(an epoch ratio below 1: chipprune's epoch is slower than the bare loop by that factor)")
     if args.out:
         write_json(args.out, {"machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "rows": rows})

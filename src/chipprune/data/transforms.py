@@ -47,9 +47,11 @@ def augmentation(spec: ModelSpec, native_size: int | None) -> Callable:
     (3, S, S) uint8 tensor out, not yet normalised (``BatchNormalizer`` does that a batch at a time,
     on the training device). CIFAR-style crop/flip at 32 px, ImageNet-style otherwise.
 
-    On uint8 tensors rather than PIL images because it is what a loader worker spends its time on: a
-    224-pixel JPEG's random resized crop, flip and hand-over took 0.31 ms this way against 1.08 ms
-    for PIL's crop and resize, ToTensor and Normalize (bench/train_speed.py)."""
+    On uint8 tensors, with torchvision's v2 transforms (which resample uint8 directly), because it
+    is what a loader worker spends its time on: the crop, resize and flip took half the time of
+    PIL's crop and resize, ToTensor and Normalize, and a batch of uint8 crosses from the workers in
+    a quarter of the bytes (docs/FINETUNING.md, bench/train_speed.py). The draws are v1's: the
+    same crop and flip for the same seed."""
     _warn_if_enlarged(spec, native_size)
     size = spec.image_size
     if size <= 64:

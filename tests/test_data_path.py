@@ -144,3 +144,23 @@ def test_the_loader_path_draws_each_crop_from_seed_epoch_and_index_whatever_its_
     order = list(batches_module.DistributedSampler(range(6), num_replicas=1, rank=0, shuffle=True, seed=7, drop_last=True))
     per_image = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, None)), range(6)), seed=7)
     assert torch.allclose(first[0], torch.stack([per_image[(0, i)][0] for i in order[:2]]), atol=1e-5)
+
+
+def test_the_uint8_augmentation_draws_the_crops_and_flips_pil_transforms_draw():
+    # Same seed, same crop box and flip as torchvision's v1 PIL transforms: only the resampling differs.
+    from PIL import Image
+    from torchvision import transforms
+
+    from chipprune.data.transforms import augmentation
+
+    yy, xx = np.mgrid[0:180, 0:260]
+    image = Image.fromarray(np.stack([xx % 256, yy * 255 // 180, (xx * yy) % 251], -1).astype(np.uint8))
+    spec = chipprune.get_model_spec("resnet18")
+    pil = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+    for seed in range(6):
+        torch.manual_seed(seed)
+        expected = pil(image).int()
+        torch.manual_seed(seed)
+        got = augmentation(spec, None)(image).int()
+        assert got.dtype == torch.int32 and got.shape == expected.shape == (3, 224, 224)
+        assert (got - expected).abs().float().mean() < 1.0  # grey levels; another crop or flip differs by dozens

@@ -10,9 +10,10 @@
      channels-last, eager and with `--compile` modes, at the recipe's batch of 256 and at 1,024.
    Each `fit` runs --epochs epochs; the first holds compilation and warm-up, the rest are timed
    (median epoch). The official loop is timed after 20 warm-up steps.
-2. ResNet-50 at 224 on a synthetic folder of JPEGs (about ImageNet's size): images/s of the
-   DataLoader path (chipprune's, one worker per core) against batched GPU decoding
-   (`torchvision.io.decode_jpeg` on CUDA), and a bf16 channels-last training step alone.
+2. ResNet-50 at 224 on a synthetic folder of JPEGs (about ImageNet's size), one worker per core:
+   images/s of the old loader (PIL transforms to floats), chipprune's loader (uint8 augmentation,
+   normalised on the GPU) and chipprune's GPU-decoding path (data/jpeg.py), each over one epoch
+   after a warm one; and a bf16 channels-last training step alone, the rate they must keep up with.
 
 Writes train_speed_gpu.json under --out and prints a table.
 """
@@ -40,7 +41,9 @@ import chipprune
 from chipprune.data.sources import ArrayDataset, DataSource, open_data
 from chipprune.runtime import Dist
 from chipprune.training import TrainConfig, fit, recipe_with
-from chipprune.training.batches import _LoaderBatches, loader_workers
+from chipprune.data.jpeg import JpegCrops
+from chipprune.data.transforms import SeededAugmentation, augmentation
+from chipprune.training.batches import _JpegBatches, _LoaderBatches, loader_workers
 
 SPARSITY = "[0.]+[0.15]*2+[0.4]*27"
 
@@ -149,40 +152,37 @@ def jpeg_folder(count: int) -> Path:
     return root
 
 
+def _images_per_s(batches, device: torch.device) -> float:
+    """One timed epoch of a chipprune training-batch path, after one that warms workers and caches."""
+    for _ in batches.epoch(0, 0):
+        pass
+    sync(device)
+    started = time.perf_counter()
+    n = sum(x.shape[0] for x, _ in batches.epoch(1, 0))
+    sync(device)
+    return n / (time.perf_counter() - started)
+
+
 def jpeg_rows(args, device) -> list[dict]:
     root = jpeg_folder(args.jpegs)
     spec = chipprune.get_model_spec("resnet50")
-    from chipprune.data.transforms import SeededAugmentation, make_transform
     source = open_data(root)
-    train = SeededAugmentation(source.split("train", make_transform(spec, True, None)), seed=0)
-    batches = _LoaderBatches(train, 0, 256, Dist(device=device), device)
-    list(batches.epoch(0, 0))  # warm the page cache
-    started = time.perf_counter()
-    n = sum(x.to(device, non_blocking=True).shape[0] for x, _ in batches.epoch(1, 0))
-    sync(device)
-    loader_rate = n / (time.perf_counter() - started)
+    dist = Dist(device=device)
+    old_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                 transforms.Normalize(spec.mean, spec.std)])
+    old = DataLoader(SeededAugmentation(source.split("train", old_tf), seed=0), batch_size=256, drop_last=True,
+                     num_workers=loader_workers(), pin_memory=device.type == "cuda", persistent_workers=True)
 
-    files = sorted(str(p) for p in (root / "train").rglob("*.jpg"))
-    data = [torchvision.io.read_file(f) for f in files]
-    crop = v2.RandomResizedCrop(224, antialias=True)
-    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1) * 255
+    class _OldBatches:  # the loader before uint8 augmentation: PIL transforms to floats in the workers
+        def epoch(self, epoch: int, first: int):
+            for x, y in old:
+                yield x.to(device, non_blocking=True), y
 
-    def gpu_epoch() -> int:
-        done = 0
-        for i in range(0, len(data) - 255, 256):
-            decoded = torchvision.io.decode_jpeg(data[i:i + 256], device=device)
-            batch = torch.stack([crop(img) for img in decoded])
-            flip = torch.rand(batch.shape[0], device=device) < 0.5
-            batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
-            ((batch.float() - mean) / std).contiguous(memory_format=torch.channels_last)
-            done += batch.shape[0]
-        sync(device)
-        return done
-
-    gpu_epoch()
-    started = time.perf_counter()
-    gpu_rate = gpu_epoch() / (time.perf_counter() - started)
+    train = SeededAugmentation(source.split("train", augmentation(spec, None)), seed=0)
+    loader_rate = _images_per_s(_LoaderBatches(train, spec, 0, 256, dist, device), device)
+    old_rate = _images_per_s(_OldBatches(), device)
+    samples = source.split("train", None).samples
+    gpu_rate = _images_per_s(_JpegBatches(JpegCrops(samples, range(len(samples)), 0), spec, 0, 256, dist, device), device)
 
     model = torchvision.models.resnet50().to(device).to(memory_format=torch.channels_last).train()
     big = 256 if device.type == "cuda" else 8
@@ -206,9 +206,11 @@ def jpeg_rows(args, device) -> list[dict]:
         step()
     sync(device)
     step_rate = timed * big / (time.perf_counter() - started)
+    workers = loader_workers()
     rows = [
-        {"what": f"ResNet-50 224 px JPEGs: DataLoader, {loader_workers()} workers (PIL decode + augment)", "images_per_s": loader_rate},
-        {"what": "ResNet-50 224 px JPEGs: decode_jpeg on the GPU, batched crop/flip/normalise", "images_per_s": gpu_rate},
+        {"what": f"ResNet-50 224 px JPEGs: old loader, {workers} workers (PIL transforms to floats)", "images_per_s": old_rate},
+        {"what": f"ResNet-50 224 px JPEGs: chipprune loader, {workers} workers (uint8 v2 augmentation)", "images_per_s": loader_rate},
+        {"what": "ResNet-50 224 px JPEGs: chipprune GPU decoding (workers read files, nvJPEG + crops)", "images_per_s": gpu_rate},
         {"what": "ResNet-50 224 px: bf16 channels-last training step alone (random tensors), batch 256", "images_per_s": step_rate},
     ]
     for row in rows:

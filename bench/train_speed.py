@@ -6,7 +6,8 @@ same run (interleaved rounds; medians with the rounds' range).
    uint8 tensor, batches cropped, flipped and normalised in a few tensor operations).
 2. An ImageFolder of 224-pixel JPEGs made here, two epochs: the old loader (PIL transforms to
    normalised floats, no workers) against today's (one persistent worker per core augmenting uint8
-   tensors; batches normalised in the main process); and the augmentation alone on one core.
+   tensors; batches normalised in the main process); the same for evaluation (two passes); and the
+   augmentation alone on one core.
 3. A fine-tuning epoch of pruned ResNet-56 (chipprune's `fit`, in-memory path) against a bare
    training loop over batches already in memory: the same model, optimiser, batch size and steps.
 
@@ -34,11 +35,11 @@ import chipprune
 from chipprune.data import open_data
 from chipprune.data.memory import memory_images
 from chipprune.data.sources import read_image
-from chipprune.data.transforms import BatchNormalizer, SeededAugmentation, augmentation
+from chipprune.data.transforms import BatchNormalizer, SeededAugmentation, augmentation, preprocessing
 from chipprune.io.atomic import write_json
 from chipprune.runtime import Dist
 from chipprune.training import TrainConfig, fit, recipe_with
-from chipprune.training.batches import _LoaderBatches, loader_workers
+from chipprune.training.batches import _LoaderBatches, _LoaderEval, loader_workers
 
 SPARSITY = "[0.]+[0.15]*2+[0.4]*27"
 
@@ -137,6 +138,27 @@ def jpeg_paths(n_rounds: int, images: int = 512, epochs: int = 2, batch: int = 3
     return summary(label, *rounds(old, new, n_rounds)), source
 
 
+def evaluation_paths(n_rounds: int, source, passes: int = 2) -> dict:
+    """``passes`` evaluations of the folder's training images per round: the old evaluation loader
+    (PIL resize and crop to normalised floats, no workers) against today's (the same PIL steps to
+    uint8 in persistent workers, batches normalised in the main process)."""
+    spec = chipprune.get_model_spec("resnet18")
+    old_transform = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                                        transforms.Normalize(spec.mean, spec.std)])
+    old_set = source.split("train", old_transform)
+    new_set = source.split("train", preprocessing(spec, None))
+    n = len(old_set)
+
+    def old() -> float:
+        return rate(lambda: [None for _ in range(passes) for _ in DataLoader(old_set, batch_size=256)], passes * n)
+
+    def new() -> float:
+        batches = _LoaderEval(new_set, list(range(n)), spec, torch.device("cpu"))
+        return rate(lambda: [None for _ in range(passes) for _ in batches], passes * n)
+
+    return summary(f"evaluation 224 px JPEG, {passes} passes: no workers -> {loader_workers()} workers", *rounds(old, new, n_rounds))
+
+
 def augmentation_alone(n_rounds: int, source, batch: int = 32) -> dict:
     """One core, images already decoded: the old PIL transform against the uint8 augmentation plus
     its share of normalising a batch (decoding is the same in both and left out)."""
@@ -203,7 +225,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {device}")
     print(f"{'':58} {'baseline':>10} {'candidate':>10} {'':9} ratio [range over rounds]")
     jpeg_row, jpeg_source = jpeg_paths(args.rounds)
-    rows = [cifar_paths(args.rounds), jpeg_row, augmentation_alone(args.rounds, jpeg_source),
+    rows = [cifar_paths(args.rounds), jpeg_row, evaluation_paths(args.rounds, jpeg_source), augmentation_alone(args.rounds, jpeg_source),
             epoch_against_bare_loop(args.rounds, device)]
     print("(an epoch ratio below 1: chipprune's epoch is slower than the bare loop by that factor)")
     if args.out:

@@ -164,3 +164,26 @@ def test_the_uint8_augmentation_draws_the_crops_and_flips_pil_transforms_draw():
         got = augmentation(spec, None)(image).int()
         assert got.dtype == torch.int32 and got.shape == expected.shape == (3, 224, 224)
         assert (got - expected).abs().float().mean() < 1.0  # grey levels; another crop or flip differs by dozens
+
+
+def test_evaluation_batches_from_workers_match_the_per_image_transform_and_repeat(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from chipprune.data.transforms import make_transform, preprocessing
+    from chipprune.training import batches as batches_module
+
+    rng = np.random.default_rng(3)
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (40 + 9 * i, 70, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
+    spec = chipprune.get_model_spec("resnet18")
+    source = open_data(tmp_path)
+    per_image = source.split("test", make_transform(spec, False, None))
+    expected = torch.stack([per_image[i][0] for i in (4, 1, 3)])
+    for workers in (0, 2):
+        monkeypatch.setattr(batches_module, "loader_workers", lambda: workers)
+        batches = batches_module._LoaderEval(source.split("test", preprocessing(spec, None)), [4, 1, 3], spec, torch.device("cpu"))
+        for _ in range(2):  # persistent workers serve every evaluation
+            (images, labels), = list(batches)
+            assert images.dtype == torch.float32 and torch.allclose(images, expected, atol=1e-5) and labels.tolist() == [0, 0, 0]

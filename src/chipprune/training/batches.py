@@ -12,6 +12,9 @@ from (seed, epoch, its index among the training images)):
 - loader: anything else goes through a DataLoader whose worker processes (one per core, up to 32)
   live for the whole run; each decodes an image and augments it as a uint8 tensor under a seeded
   generator, and the batch is normalised on the training device (pinned memory on CUDA).
+
+Validation and test images not held in memory go the loader's way too: PIL resizes and crops them
+in persistent workers, uint8 to the device, normalised there.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from ..data.jpeg import JpegCrops, collate_jpegs, decode_batch, is_jpeg_folder
 from ..data.memory import MemoryImages, memory_images
 from ..data.sources import DataSource
-from ..data.transforms import SeededAugmentation, BatchNormalizer, augmentation, make_transform
+from ..data.transforms import BatchNormalizer, SeededAugmentation, augmentation, preprocessing
 from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
 from ..runtime import Dist
@@ -167,8 +170,20 @@ def _share(index: list[int], dist_info: Dist) -> list[int]:
     return index[dist_info.rank :: dist_info.world_size] if dist_info.enabled else index
 
 
-def _loader(dataset: Dataset, index: list[int]) -> DataLoader:
-    return DataLoader(Subset(dataset, index), batch_size=_EVAL_BATCH)
+class _LoaderEval:
+    """Un-augmented batches of ``index`` of ``dataset`` (uint8 images) in order, normalised on the
+    device; iterable again and again, by worker processes that persist between evaluations."""
+
+    def __init__(self, dataset: Dataset, index: list[int], spec: ModelSpec, device: torch.device) -> None:
+        workers = loader_workers()
+        self.loader = DataLoader(Subset(dataset, index), batch_size=_EVAL_BATCH, num_workers=workers,
+                                 prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
+                                 pin_memory=device.type == "cuda")
+        self.device, self.normalize = device, BatchNormalizer(spec, device)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.loader:
+            yield self.normalize(images.to(self.device, non_blocking=True)), labels
 
 
 def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, val_fraction: float, limit: int | None,
@@ -179,7 +194,7 @@ def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, 
         raise ChipPruneError(f"batch size {batch_size} must be divisible by the {dist_info.world_size} processes")
     device = dist_info.device
     memory = memory_images(source, "train", spec, device)
-    plain = None if memory is not None else source.split("train", make_transform(spec, False, source.image_size))
+    plain = None if memory is not None else source.split("train", preprocessing(spec, source.image_size))
     count = len(memory) if memory is not None else len(plain)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = int(len(order) * val_fraction)
@@ -207,10 +222,11 @@ def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, 
         train = _LoaderBatches(augmented, spec, seed, per_rank, dist_info, device)
     return RunData(
         train,
-        _loader(plain, _share(val_idx, dist_info)) if n_val else None, n_val, _test_loader(spec, source, dist_info), False,
+        _LoaderEval(plain, _share(val_idx, dist_info), spec, device) if n_val else None, n_val,
+        _test_loader(spec, source, dist_info), False,
     )
 
 
-def _test_loader(spec: ModelSpec, source: DataSource, dist_info: Dist) -> DataLoader:
-    test_set = source.split("test", make_transform(spec, False, source.image_size))
-    return _loader(test_set, _share(list(range(len(test_set))), dist_info))
+def _test_loader(spec: ModelSpec, source: DataSource, dist_info: Dist) -> _LoaderEval:
+    test_set = source.split("test", preprocessing(spec, source.image_size))
+    return _LoaderEval(test_set, _share(list(range(len(test_set))), dist_info), spec, dist_info.device)

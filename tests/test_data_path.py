@@ -184,6 +184,6 @@ def test_evaluation_batches_from_workers_match_the_per_image_transform_and_repea
     for workers in (0, 2):
         monkeypatch.setattr(batches_module, "loader_workers", lambda: workers)
         batches = batches_module._LoaderEval(source.split("test", preprocessing(spec, None)), [4, 1, 3], spec, torch.device("cpu"))
-        for _ in range(2):  # persistent workers serve every evaluation
+        for _ in range(2):  # every evaluation gets the same batches
             (images, labels), = list(batches)
             assert images.dtype == torch.float32 and torch.allclose(images, expected, atol=1e-5) and labels.tolist() == [0, 0, 0]

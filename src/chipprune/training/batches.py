@@ -14,7 +14,7 @@ from (seed, epoch, its index among the training images)):
   generator, and the batch is normalised on the training device (pinned memory on CUDA).
 
 Validation and test images not held in memory go the loader's way too: PIL resizes and crops them
-in persistent workers, uint8 to the device, normalised there.
+in workers (started for each pass), uint8 to the device, normalised there.
 """
 
 from __future__ import annotations
@@ -172,13 +172,13 @@ def _share(index: list[int], dist_info: Dist) -> list[int]:
 
 class _LoaderEval:
     """Un-augmented batches of ``index`` of ``dataset`` (uint8 images) in order, normalised on the
-    device; iterable again and again, by worker processes that persist between evaluations."""
+    device; iterable again and again. Its workers live for one pass only: each holds a copy of the
+    dataset's file list (ImageNet's is large), and the training workers already persist."""
 
     def __init__(self, dataset: Dataset, index: list[int], spec: ModelSpec, device: torch.device) -> None:
         workers = loader_workers()
         self.loader = DataLoader(Subset(dataset, index), batch_size=_EVAL_BATCH, num_workers=workers,
-                                 prefetch_factor=4 if workers else None, persistent_workers=workers > 0,
-                                 pin_memory=device.type == "cuda")
+                                 prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
         self.device, self.normalize = device, BatchNormalizer(spec, device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

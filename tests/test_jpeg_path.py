@@ -10,7 +10,7 @@ from torch.utils.data import Subset
 import chipprune
 from chipprune.data import open_data
 from chipprune.data.jpeg import JpegCrops, collate_jpegs, decode_batch, is_jpeg_folder
-from chipprune.data.transforms import SeededAugmentation, make_transform
+from chipprune.data.transforms import BatchNormalizer, SeededAugmentation, make_transform
 from chipprune.runtime import Dist
 from chipprune.training.batches import _JpegBatches
 
@@ -38,7 +38,7 @@ def _gpu_path_batch(root, index, seed, epoch):
     samples = open_data(root).split("train", None).samples
     crops = JpegCrops(samples, index, seed, epoch)
     data, lengths, boxes, labels = collate_jpegs([crops[i] for i in range(len(index))])
-    return decode_batch(data, lengths, boxes, spec, torch.device("cpu")), labels, boxes
+    return decode_batch(data, lengths, boxes, spec.image_size, BatchNormalizer(spec, torch.device("cpu"))), labels, boxes
 
 
 def test_the_gpu_path_crops_and_flips_as_the_pil_path_does(jpeg_root):
@@ -88,7 +88,7 @@ def test_files_the_gpu_decoder_cannot_take_are_decoded_by_pil(tmp_path):
     crops = JpegCrops(samples, [0, 1], seed=5)
     items = [crops[0], crops[1]]
     assert [int(box[5]) for _, box, _ in items] == [1, 1]  # both marked for PIL
-    got = decode_batch(*collate_jpegs(items)[:3], spec, torch.device("cpu"))
+    got = decode_batch(*collate_jpegs(items)[:3], spec.image_size, BatchNormalizer(spec, torch.device("cpu")))
     pil = SeededAugmentation(Subset(open_data(tmp_path).split("train", make_transform(spec, True, None)), [0, 1]), seed=5)
     expected = torch.stack([pil[0][0], pil[1][0]])
     assert ((got - expected).abs().mean(dim=(1, 2, 3)) < 0.05).all()

@@ -20,6 +20,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.utils._pytree as pytree
 
 from .errors import ChipPruneError
 
@@ -54,13 +55,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 def move_to(inputs, device: torch.device | str):
     """``inputs`` (a tensor, or lists, tuples and dicts of them, as a model takes them) on ``device``."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device)
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(move_to(x, device) for x in inputs)
-    if isinstance(inputs, dict):
-        return {k: move_to(v, device) for k, v in inputs.items()}
-    return inputs
+    return pytree.tree_map_only(torch.Tensor, lambda t: t.to(device), inputs)
 
 
 def batch_length(inputs) -> int:

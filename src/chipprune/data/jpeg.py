@@ -24,8 +24,7 @@ from torch.utils.data import Dataset
 from torchvision import io, transforms
 
 from ..errors import ChipPruneError
-from ..models.spec import ModelSpec
-from .transforms import augmentation_seed
+from .transforms import BatchNormalizer, augmentation_seed
 
 __all__ = ["JpegCrops", "is_jpeg_folder", "collate_jpegs", "decode_batch"]
 
@@ -79,11 +78,12 @@ def collate_jpegs(items: list[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[
             torch.stack([c for _, c, _ in items]), torch.tensor([label for _, _, label in items]))
 
 
-def decode_batch(data: torch.Tensor, lengths: torch.Tensor, boxes: torch.Tensor, spec: ModelSpec, device: torch.device) -> torch.Tensor:
-    """Decode the files in ``data`` (``lengths`` bytes each) on ``device``, crop each image to its
-    box, resize to the model's size, flip and normalise: a float (B, 3, S, S) batch. Files marked
+def decode_batch(data: torch.Tensor, lengths: torch.Tensor, boxes: torch.Tensor, size: int, normalize: BatchNormalizer) -> torch.Tensor:
+    """Decode the files in ``data`` (``lengths`` bytes each) on ``normalize``'s device, crop each
+    image to its box, resize to ``size``, flip and normalise: a float (B, 3, S, S) batch. Files marked
     for the CPU (column 5 of ``boxes``), and every file of a batch the device's decoder refuses, are
     decoded by PIL."""
+    device = normalize.device
     files = list(data.split(lengths.tolist()))
     images: list[torch.Tensor | None] = [None] * len(files)
     on_device = [k for k in range(len(files)) if not boxes[k, 5]]
@@ -100,12 +100,9 @@ def decode_batch(data: torch.Tensor, lengths: torch.Tensor, boxes: torch.Tensor,
         if image is None:
             with Image.open(io_bytes.BytesIO(files[k].numpy().tobytes())) as pil:
                 images[k] = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1).to(device)
-    size = spec.image_size
     out = torch.empty(len(images), 3, size, size, device=device)
     for k, (image, (top, left, h, w, flip, _)) in enumerate(zip(images, boxes.tolist())):
         crop = image[:, top:top + h, left:left + w].unsqueeze(0).float()
         resized = torch.nn.functional.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
         out[k] = resized.flip(-1) if flip else resized
-    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1) * 255
-    return out.sub_(mean).div_(std)
+    return normalize(out)

@@ -67,6 +67,7 @@ class BatchNormalizer:
     live on the device: a copy per batch would make a GPU step wait for the host."""
 
     def __init__(self, spec: ModelSpec, device: torch.device) -> None:
+        self.device = device
         shape = (1, 3, 1, 1)
         self.mean = torch.tensor(spec.mean, device=device).view(shape) * 255
         self.std = torch.tensor(spec.std, device=device).view(shape) * 255

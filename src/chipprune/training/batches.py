@@ -106,11 +106,11 @@ class _LoaderBatches(_TrainBatches):
     def __init__(self, dataset: SeededAugmentation, spec: ModelSpec, config_seed: int, per_rank_batch: int, dist_info: Dist,
                  device: torch.device) -> None:
         super().__init__(len(dataset), config_seed, per_rank_batch, dist_info)
-        self.dataset, self.device, self.normalize = dataset, device, BatchNormalizer(spec, device)
+        self.dataset, self.normalize = dataset, BatchNormalizer(spec, device)
 
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self._loader(self.dataset, epoch, first, pin_memory=self.device.type == "cuda"):
-            yield self.normalize(images.to(self.device, non_blocking=True)), labels
+        loader = self._loader(self.dataset, epoch, first, pin_memory=self.normalize.device.type == "cuda")
+        yield from _normalized(loader, self.normalize)
 
 
 class _JpegBatches(_TrainBatches):
@@ -120,11 +120,11 @@ class _JpegBatches(_TrainBatches):
     def __init__(self, crops: JpegCrops, spec: ModelSpec, config_seed: int, per_rank_batch: int, dist_info: Dist,
                  device: torch.device) -> None:
         super().__init__(len(crops), config_seed, per_rank_batch, dist_info)
-        self.crops, self.spec, self.device = crops, spec, device
+        self.crops, self.size, self.normalize = crops, spec.image_size, BatchNormalizer(spec, device)
 
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for data, lengths, boxes, labels in self._loader(self.crops, epoch, first, collate_fn=collate_jpegs):
-            yield decode_batch(data, lengths, boxes, self.spec, self.device), labels
+            yield decode_batch(data, lengths, boxes, self.size, self.normalize), labels
 
 
 class _MemoryBatches(_TrainBatches):
@@ -179,11 +179,16 @@ class _LoaderEval:
         workers = loader_workers()
         self.loader = DataLoader(Subset(dataset, index), batch_size=_EVAL_BATCH, num_workers=workers,
                                  prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
-        self.device, self.normalize = device, BatchNormalizer(spec, device)
+        self.normalize = BatchNormalizer(spec, device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
-            yield self.normalize(images.to(self.device, non_blocking=True)), labels
+        return _normalized(self.loader, self.normalize)
+
+
+def _normalized(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: BatchNormalizer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 image batches moved to ``normalize``'s device and normalised there; labels as they come."""
+    for images, labels in batches:
+        yield normalize(images.to(normalize.device, non_blocking=True)), labels
 
 
 def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, val_fraction: float, limit: int | None,

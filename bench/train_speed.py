@@ -5,9 +5,10 @@ same run (interleaved rounds; medians with the rounds' range).
    DataLoader without workers; what chipprune used up to 0.3.0) against the in-memory path (one
    uint8 tensor, batches cropped, flipped and normalised in a few tensor operations).
 2. An ImageFolder of 224-pixel JPEGs made here, two epochs: the old loader (PIL transforms to
-   normalised floats, no workers) against today's (one persistent worker per core augmenting uint8
-   tensors; batches normalised in the main process); the same for evaluation (two passes); and the
-   augmentation alone on one core.
+   normalised floats, no workers) against today's (one persistent worker per core; torchvision
+   decodes the JPEGs straight into uint8 tensors, which are augmented as such; batches normalised in
+   the main process); the same for evaluation (two passes); and, on one core, the decoding alone
+   (PIL against torchvision, the same pixels) and the augmentation alone.
 3. A fine-tuning epoch of pruned ResNet-56 (chipprune's `fit`, in-memory path) against a bare
    training loop over batches already in memory: the same model, optimiser, batch size and steps.
 
@@ -34,7 +35,7 @@ from torchvision import transforms
 import chipprune
 from chipprune.data import open_data
 from chipprune.data.memory import memory_images
-from chipprune.data.sources import read_image
+from chipprune.data.sources import read_image, read_image_tensor
 from chipprune.data.transforms import BatchNormalizer, SeededAugmentation, augmentation, preprocessing
 from chipprune.io.atomic import write_json
 from chipprune.runtime import Dist
@@ -111,11 +112,12 @@ def jpeg_folder(images: int) -> Path:
 
 def jpeg_paths(n_rounds: int, images: int = 512, epochs: int = 2, batch: int = 32) -> dict:
     """``epochs`` epochs of ``images`` per round: the old loader (PIL transforms, float images, no
-    workers) against today's (uint8 augmentation in persistent workers, normalised per batch)."""
+    workers) against today's (torchvision decoding and uint8 augmentation in persistent workers,
+    normalised per batch)."""
     spec = chipprune.get_model_spec("resnet18")
     source = open_data(jpeg_folder(images))
     old_set = SeededAugmentation(source.split("train", pil_transform(spec, spec.image_size)), seed=0)
-    new_set = SeededAugmentation(source.split("train", augmentation(spec, None)), seed=0)
+    new_set = SeededAugmentation(source.split("train", augmentation(spec, None), tensors=True), seed=0)
 
     def old() -> float:
         def run() -> None:
@@ -157,6 +159,23 @@ def evaluation_paths(n_rounds: int, source, passes: int = 2) -> dict:
         return rate(lambda: [None for _ in range(passes) for _ in batches], passes * n)
 
     return summary(f"evaluation 224 px JPEG, {passes} passes: no workers -> {loader_workers()} workers", *rounds(old, new, n_rounds))
+
+
+def decoding_alone(n_rounds: int, source) -> dict:
+    """One core: the folder's JPEGs decoded by PIL into a uint8 tensor (the old path, and
+    ``read_image``) against ``read_image_tensor`` (torchvision's decoder; the pixels are equal)."""
+    torch.set_num_threads(1)
+    paths = [path for path, _ in source.split("train", None).samples[:128]]
+
+    def old() -> float:
+        return rate(lambda: [transforms.functional.pil_to_tensor(read_image(path)) for path in paths], len(paths))
+
+    def new() -> float:
+        return rate(lambda: [read_image_tensor(path) for path in paths], len(paths))
+
+    row = summary("224 px JPEG decoding alone, one core: PIL -> torchvision", *rounds(old, new, n_rounds))
+    torch.set_num_threads(os.cpu_count() or 1)
+    return row
 
 
 def augmentation_alone(n_rounds: int, source, batch: int = 32) -> dict:
@@ -225,8 +244,8 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {device}")
     print(f"{'':58} {'baseline':>10} {'candidate':>10} {'':9} ratio [range over rounds]")
     jpeg_row, jpeg_source = jpeg_paths(args.rounds)
-    rows = [cifar_paths(args.rounds), jpeg_row, evaluation_paths(args.rounds, jpeg_source), augmentation_alone(args.rounds, jpeg_source),
-            epoch_against_bare_loop(args.rounds, device)]
+    rows = [cifar_paths(args.rounds), jpeg_row, evaluation_paths(args.rounds, jpeg_source), decoding_alone(args.rounds, jpeg_source),
+            augmentation_alone(args.rounds, jpeg_source), epoch_against_bare_loop(args.rounds, device)]
     print("(an epoch ratio below 1: chipprune's epoch is slower than the bare loop by that factor)")
     if args.out:
         write_json(args.out, {"machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "rows": rows})

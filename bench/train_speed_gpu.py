@@ -62,8 +62,8 @@ def synthetic_cifar(images: int) -> DataSource:
     y = np.concatenate([train.labels] * reps)[:images]
     test = bundled.split("test", None)
 
-    def build(split: str, transform):
-        return ArrayDataset(x, y, transform) if split == "train" else ArrayDataset(test.images, test.labels, transform)
+    def build(split: str, transform, tensors: bool):
+        return ArrayDataset(x, y, transform, tensors) if split == "train" else ArrayDataset(test.images, test.labels, transform, tensors)
 
     return DataSource(f"bundled sample tiled to {images} images", build, 32, 10)
 

@@ -120,14 +120,14 @@ def test_the_loader_path_draws_each_crop_from_seed_epoch_and_index_whatever_its_
     rng = np.random.default_rng(2)
     for split in ("train", "test"):
         (tmp_path / split / "a").mkdir(parents=True)
-        for i in range(6 if split == "train" else 1):
-            Image.fromarray(rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.png")
+        for i in range(6 if split == "train" else 1):  # JPEGs (torchvision decodes them) and PNGs (PIL does)
+            Image.fromarray(rng.integers(0, 256, (48 + 8 * i, 64, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.{'jpg' if i % 2 else 'png'}")
     spec = chipprune.get_model_spec("resnet18")
     source = open_data(tmp_path)
 
     def run(workers: int) -> list[list[torch.Tensor]]:
         monkeypatch.setattr(batches_module, "loader_workers", lambda: workers)
-        dataset = SeededAugmentation(Subset(source.split("train", augmentation(spec, None)), range(6)), seed=7)
+        dataset = SeededAugmentation(Subset(source.split("train", augmentation(spec, None), tensors=True), range(6)), seed=7)
         batches = batches_module._LoaderBatches(dataset, spec, 7, 2, Dist(), torch.device("cpu"))
         epochs = [[x for x, _ in batches.epoch(e, first)] for e, first in ((0, 0), (1, 0), (1, 1), (0, 0))]
         assert batches._epoch_loader.persistent_workers == (workers > 0)
@@ -140,10 +140,34 @@ def test_the_loader_path_draws_each_crop_from_seed_epoch_and_index_whatever_its_
     assert len(first) == 3 and len(resumed) == 2
     assert all(torch.equal(x, y) for x, y in zip(second[1:], resumed)) and all(torch.equal(x, y) for x, y in zip(first, again))
     assert not torch.equal(first[0], second[0])
-    # Each image is the float transform's output, normalised a batch at a time instead of per image.
+    # Each image is the float transform's output on PIL's decoding, normalised a batch at a time instead of per image.
     order = list(batches_module.DistributedSampler(range(6), num_replicas=1, rank=0, shuffle=True, seed=7, drop_last=True))
     per_image = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, None)), range(6)), seed=7)
     assert torch.allclose(first[0], torch.stack([per_image[(0, i)][0] for i in order[:2]]), atol=1e-5)
+
+
+def test_images_read_as_tensors_have_pils_pixels_and_bad_files_a_clear_error(tmp_path):
+    from PIL import Image
+
+    from chipprune.data.sources import read_image, read_image_tensor
+
+    rng = np.random.default_rng(4)
+    colour = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    colour.save(tmp_path / "rgb.jpg", quality=85)
+    colour.convert("L").save(tmp_path / "grey.jpg")
+    colour.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    colour.convert("RGBA").save(tmp_path / "rgba.png")
+    colour.convert("P").save(tmp_path / "palette.gif")
+    for name in ("rgb.jpg", "grey.jpg", "cmyk.jpg", "rgba.png", "palette.gif"):
+        got = read_image_tensor(str(tmp_path / name))
+        assert got.dtype == torch.uint8 and got.shape == (3, 37, 53)
+        assert torch.equal(got, TF.pil_to_tensor(read_image(str(tmp_path / name)))), name
+    data = (tmp_path / "rgb.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.jpg").write_text("not an image")
+    for name in ("truncated.jpg", "text.jpg"):
+        with pytest.raises(ChipPruneError, match="cannot read image"):
+            read_image_tensor(str(tmp_path / name))
 
 
 def test_the_uint8_augmentation_draws_the_crops_and_flips_pil_transforms_draw():

@@ -12,8 +12,7 @@ draws them (torchvision's RandomResizedCrop and RandomHorizontalFlip under the g
 
 from __future__ import annotations
 
-import io as io_bytes
-import warnings
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,9 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import io, transforms
+from torchvision import transforms
 
 from ..errors import ChipPruneError
+from .sources import decode_jpeg
 from .transforms import BatchNormalizer, augmentation_seed
 
 __all__ = ["JpegCrops", "is_jpeg_folder", "collate_jpegs", "decode_batch"]
@@ -53,7 +53,7 @@ class JpegCrops(Dataset):
         path, label = self.samples[self.index[i]]
         raw = Path(path).read_bytes()
         try:
-            with Image.open(io_bytes.BytesIO(raw)) as header:  # reads the size, not the pixels
+            with Image.open(io.BytesIO(raw)) as header:  # reads the size, not the pixels
                 size, mode = header.size, header.mode
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             raise ChipPruneError(f"cannot read image {path}: {exc}") from None
@@ -88,17 +88,14 @@ def decode_batch(data: torch.Tensor, lengths: torch.Tensor, boxes: torch.Tensor,
     images: list[torch.Tensor | None] = [None] * len(files)
     on_device = [k for k in range(len(files)) if not boxes[k, 5]]
     try:
-        with warnings.catch_warnings():
-            # torchvision 0.29 announces that TorchCodec will take over its decoders; they work meanwhile.
-            warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
-            decoded = io.decode_jpeg([files[k] for k in on_device], mode=io.ImageReadMode.RGB, device=device) if on_device else []
+        decoded = decode_jpeg([files[k] for k in on_device], device) if on_device else []
         for k, image in zip(on_device, decoded):
             images[k] = image
     except RuntimeError:
         pass  # the whole batch goes through PIL below
     for k, image in enumerate(images):
         if image is None:
-            with Image.open(io_bytes.BytesIO(files[k].numpy().tobytes())) as pil:
+            with Image.open(io.BytesIO(files[k].numpy().tobytes())) as pil:
                 images[k] = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1).to(device)
     out = torch.empty(len(images), 3, size, size, device=device)
     for k, (image, (top, left, h, w, flip, _)) in enumerate(zip(images, boxes.tolist())):

@@ -24,27 +24,30 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets
+from torchvision import io as tv_io
+from torchvision.transforms.functional import pil_to_tensor
 
 from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
 from .transforms import make_loader, make_transform
 
-__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "read_image", "BUNDLED"]
+__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "read_image", "read_image_tensor", "decode_jpeg", "BUNDLED"]
 
 BUNDLED = "bundled"
 
 
 class ArrayDataset(Dataset):
-    """Images held as a uint8 array (N, H, W, 3) with integer labels."""
+    """Images held as a uint8 array (N, H, W, 3) with integer labels, handed to ``transform`` as PIL
+    images, or as (3, H, W) uint8 tensors when ``tensors``."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None, tensors: bool = False) -> None:
+        self.images, self.labels, self.transform, self.tensors = images, labels, transform, tensors
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = Image.fromarray(self.images[i])
+        img = torch.from_numpy(self.images[i]).permute(2, 0, 1) if self.tensors else Image.fromarray(self.images[i])
         return (self.transform(img) if self.transform else img), int(self.labels[i])
 
 
@@ -53,13 +56,15 @@ class DataSource:
     """A dataset location with its two splits, built lazily for a given transform."""
 
     description: str
-    build: Callable[[str, Callable], Dataset]  # (split "train"/"test", transform) -> Dataset
+    build: Callable[[str, Callable, bool], Dataset]  # (split "train"/"test", transform, tensors) -> Dataset
     image_size: int | None  # native size when known (32 for CIFAR), else None
     classes: int | None = None  # number of classes when known
     has_test: bool = True  # False: images without labels, for calibration only
 
-    def split(self, split: str, transform: Callable) -> Dataset:
-        return self.build(split, transform)
+    def split(self, split: str, transform: Callable, tensors: bool = False) -> Dataset:
+        """``split`` with ``transform`` applied to each RGB image: a PIL image, or a (3, H, W) uint8
+        tensor when ``tensors`` (decoded faster, for transforms that work on tensors)."""
+        return self.build(split, transform, tensors)
 
     def test_loader(self, spec: ModelSpec, batch_size: int = 256) -> DataLoader:
         """The test split (``test/`` or ``val/``) with ``spec``'s evaluation transform, in order."""
@@ -74,8 +79,8 @@ def _bundled() -> DataSource:
     with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
 
-    def build(split: str, transform: Callable) -> Dataset:
-        return ArrayDataset(arrays[f"{split}_images"], arrays[f"{split}_labels"], transform)
+    def build(split: str, transform: Callable, tensors: bool) -> Dataset:
+        return ArrayDataset(arrays[f"{split}_images"], arrays[f"{split}_labels"], transform, tensors)
 
     n_train, n_test = len(arrays["train_labels"]), len(arrays["test_labels"])
     return DataSource(f"bundled CIFAR-10 sample ({n_train} train, {n_test} test images)", build, 32, 10)
@@ -115,13 +120,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar_root(root: Path) -> DataSource:
-    def build(split: str, transform: Callable) -> Dataset:
+    def build(split: str, transform: Callable, tensors: bool) -> Dataset:
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         missing = [n for n in names if not (root / n).is_file()]
         if missing:
             raise ChipPruneError(f"CIFAR-10 folder {root} lacks {', '.join(missing)}")
         parts = [_read_cifar_batch(root / n) for n in names]
-        return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), transform)
+        return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), transform, tensors)
 
     return DataSource(f"CIFAR-10 batches in {root}", build, 32, 10)
 
@@ -139,6 +144,35 @@ def read_image(path: str) -> Image.Image:
         raise ChipPruneError(f"refusing image {path}: {str(exc).split(' could be')[0]} (a damaged file or a decompression bomb)") from None
     except (OSError, ValueError) as exc:
         raise ChipPruneError(f"cannot read image {path}: {exc}") from None
+
+
+def read_image_tensor(path: str) -> torch.Tensor:
+    """``read_image`` as a (3, H, W) uint8 tensor. torchvision decodes JPEGs (libjpeg-turbo straight
+    into a tensor: the same pixels as PIL's, in about two thirds of the time, bench/train_speed.py);
+    other formats, and JPEGs torchvision refuses, go through PIL, which names what is wrong."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        with Image.open(io.BytesIO(data)) as header:  # the header only: PIL's pixel-count guard still applies
+            is_jpeg = header.format == "JPEG"
+    except (OSError, ValueError, Image.DecompressionBombError):
+        is_jpeg = False  # read_image raises the clear error
+    if is_jpeg:
+        try:
+            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+        except RuntimeError:
+            pass
+    return pil_to_tensor(read_image(path))
+
+
+def decode_jpeg(files: torch.Tensor | list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor | list[torch.Tensor]:
+    """JPEG file bytes (a uint8 tensor, or a list of them) to (3, H, W) RGB uint8 tensors on
+    ``device``: torchvision's decoder (libjpeg-turbo on the CPU, nvJPEG on CUDA). Raises RuntimeError
+    on a file it cannot decode."""
+    with warnings.catch_warnings():
+        # torchvision 0.29 announces that TorchCodec will take over its decoders; they work meanwhile.
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
+        return tv_io.decode_jpeg(files, mode=tv_io.ImageReadMode.RGB, device=device)
 
 
 def _to_rgb(image: Image.Image, path: str) -> Image.Image:
@@ -194,10 +228,10 @@ def _image_folder(root: Path) -> DataSource:
             f"{test_dir.name}: {', '.join(only_test[:5]) or '-'}), so their labels would not agree; give both the same class folders"
         )
 
-    def build(split: str, transform: Callable) -> Dataset:
+    def build(split: str, transform: Callable, tensors: bool) -> Dataset:
         folder = train_dir if split == "train" else test_dir
         try:
-            return _ImageFolder(str(folder), transform=transform, loader=read_image)
+            return _ImageFolder(str(folder), transform=transform, loader=read_image_tensor if tensors else read_image)
         except (FileNotFoundError, RuntimeError) as exc:
             raise ChipPruneError(f"cannot read images under {folder}: {exc}") from None
 
@@ -207,14 +241,15 @@ def _image_folder(root: Path) -> DataSource:
 class _UnlabelledImages(Dataset):
     """Every image under a folder (sorted paths, links to folders already read skipped), label 0."""
 
-    def __init__(self, paths: list[str], transform: Callable) -> None:
+    def __init__(self, paths: list[str], transform: Callable, tensors: bool) -> None:
         self.paths, self.transform = paths, transform
+        self.read = read_image_tensor if tensors else read_image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(read_image(self.paths[i])), 0
+        return self.transform(self.read(self.paths[i])), 0
 
 
 def _image_files(root: Path) -> list[str]:
@@ -231,10 +266,10 @@ def _image_files(root: Path) -> list[str]:
 
 
 def _unlabelled_folder(root: Path, paths: list[str]) -> DataSource:
-    def build(split: str, transform: Callable) -> Dataset:
+    def build(split: str, transform: Callable, tensors: bool) -> Dataset:
         if split != "train":
             raise ChipPruneError(f"{root} holds images without labels: there is nothing to test on")
-        return _UnlabelledImages(paths, transform)
+        return _UnlabelledImages(paths, transform, tensors)
 
     return DataSource(f"{len(paths)} unlabelled images in {root}", build, None, None, has_test=False)
 

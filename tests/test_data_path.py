@@ -170,6 +170,31 @@ def test_images_read_as_tensors_have_pils_pixels_and_bad_files_a_clear_error(tmp
             read_image_tensor(str(tmp_path / name))
 
 
+def test_an_unreadable_image_in_a_worker_is_one_clear_error(tmp_path, monkeypatch):
+    # DataLoader rebuilds a worker's exception from its traceback text; the user gets the message.
+    from PIL import Image
+
+    from chipprune.data.transforms import SeededAugmentation, augmentation
+    from chipprune.runtime import Dist
+    from chipprune.training import batches as batches_module
+
+    for split in ("train", "test"):
+        (tmp_path / split / "a").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(tmp_path / split / "a" / f"{i}.jpg")
+    (tmp_path / "train" / "a" / "2.jpg").write_bytes(b"not a JPEG")
+    monkeypatch.setattr(batches_module, "loader_workers", lambda: 2)
+    spec = chipprune.get_model_spec("resnet18")
+    dataset = SeededAugmentation(open_data(tmp_path).split("train", augmentation(spec, None), tensors=True), seed=0)
+    batches = batches_module._LoaderBatches(dataset, spec, 0, 2, Dist(), torch.device("cpu"))
+    try:  # not pytest.raises: its record of the traceback would keep the workers alive past the test
+        list(batches.epoch(0, 0))
+        message = "no error"
+    except ChipPruneError as exc:
+        message = str(exc)
+    assert message.startswith("cannot read image ") and "2.jpg" in message and "Traceback" not in message
+
+
 def test_the_uint8_augmentation_draws_the_crops_and_flips_pil_transforms_draw():
     # Same seed, same crop box and flip as torchvision's v1 PIL transforms: only the resampling differs.
     from PIL import Image

@@ -123,7 +123,7 @@ class _JpegBatches(_TrainBatches):
         self.crops, self.size, self.normalize = crops, spec.image_size, BatchNormalizer(spec, device)
 
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for data, lengths, boxes, labels in self._loader(self.crops, epoch, first, collate_fn=collate_jpegs):
+        for data, lengths, boxes, labels in _from_workers(self._loader(self.crops, epoch, first, collate_fn=collate_jpegs)):
             yield decode_batch(data, lengths, boxes, self.size, self.normalize), labels
 
 
@@ -187,8 +187,23 @@ class _LoaderEval:
 
 def _normalized(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize: BatchNormalizer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """uint8 image batches moved to ``normalize``'s device and normalised there; labels as they come."""
-    for images, labels in batches:
+    for images, labels in _from_workers(batches):
         yield normalize(images.to(normalize.device, non_blocking=True)), labels
+
+
+def _from_workers(batches: Iterable) -> Iterator:
+    """``batches`` of a DataLoader. A worker's ChipPruneError comes back rebuilt from the worker's
+    whole traceback text: it is raised again with only its message, the last line, which is what
+    the user needs."""
+    try:
+        yield from batches
+    except ChipPruneError as exc:
+        message = str(exc).rstrip().rsplit("ChipPruneError: ", 1)[-1]
+        # torch's rebuilt exception and the loader's frames hold each other: let go of them now, so
+        # that the loader's workers are shut down at once, not at a later garbage collection, when
+        # its queues may already be gone and each worker is waited for 5 s.
+        exc.__traceback__ = None
+        raise ChipPruneError(message) from None
 
 
 def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, val_fraction: float, limit: int | None,

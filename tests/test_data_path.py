@@ -146,7 +146,7 @@ def test_the_loader_path_draws_each_crop_from_seed_epoch_and_index_whatever_its_
     assert torch.allclose(first[0], torch.stack([per_image[(0, i)][0] for i in order[:2]]), atol=1e-5)
 
 
-def test_images_read_as_tensors_have_pils_pixels_and_bad_files_a_clear_error(tmp_path):
+def test_images_read_as_tensors_have_pils_pixels_and_bad_files_a_clear_error(tmp_path, monkeypatch):
     from PIL import Image
 
     from chipprune.data.sources import read_image, read_image_tensor
@@ -168,6 +168,9 @@ def test_images_read_as_tensors_have_pils_pixels_and_bad_files_a_clear_error(tmp
     for name in ("truncated.jpg", "text.jpg"):
         with pytest.raises(ChipPruneError, match="cannot read image"):
             read_image_tensor(str(tmp_path / name))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 900)  # PIL's guard holds for torchvision's decoder too
+    with pytest.raises(ChipPruneError, match="refusing image .*rgb.jpg"):
+        read_image_tensor(str(tmp_path / "rgb.jpg"))
 
 
 def test_an_unreadable_image_in_a_worker_is_one_clear_error(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ import io
 import os
 import pickle
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -134,35 +136,37 @@ def _cifar_root(root: Path) -> DataSource:
 # --- ImageFolder trees --------------------------------------------------------------------------
 
 
-def read_image(path: str) -> Image.Image:
-    # Grey-scale, palette, RGBA and 16-bit images are converted; a file PIL cannot read, or one that
-    # claims more pixels than PIL's safety limit, gets a clear error.
+@contextmanager
+def _clear_errors(path: str) -> Iterator[None]:
+    """A file PIL cannot read, or one that claims more pixels than PIL's safety limit, as an error naming it."""
     try:
-        with open(path, "rb") as f:
-            return _to_rgb(Image.open(f), path)
+        yield
     except Image.DecompressionBombError as exc:
         raise ChipPruneError(f"refusing image {path}: {str(exc).split(' could be')[0]} (a damaged file or a decompression bomb)") from None
     except (OSError, ValueError) as exc:
         raise ChipPruneError(f"cannot read image {path}: {exc}") from None
 
 
+def read_image(path: str) -> Image.Image:
+    """The image at ``path`` as 8-bit RGB (grey-scale, palette, RGBA and 16-bit images converted)."""
+    with _clear_errors(path), open(path, "rb") as f:
+        return _to_rgb(Image.open(f), path)
+
+
 def read_image_tensor(path: str) -> torch.Tensor:
     """``read_image`` as a (3, H, W) uint8 tensor. torchvision decodes JPEGs (libjpeg-turbo straight
-    into a tensor: the same pixels as PIL's, in about two thirds of the time, bench/train_speed.py);
-    other formats, and JPEGs torchvision refuses, go through PIL, which names what is wrong."""
-    try:
+    into a tensor: the same pixels as PIL's, in less time, bench/train_speed.py); other formats, and
+    JPEGs torchvision refuses, go through PIL, which names what is wrong."""
+    with _clear_errors(path):
         with open(path, "rb") as f:
             data = f.read()
-        with Image.open(io.BytesIO(data)) as header:  # the header only: PIL's pixel-count guard still applies
-            is_jpeg = header.format == "JPEG"
-    except (OSError, ValueError, Image.DecompressionBombError):
-        is_jpeg = False  # read_image raises the clear error
-    if is_jpeg:
-        try:
-            return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-        except RuntimeError:
-            pass
-    return pil_to_tensor(read_image(path))
+        image = Image.open(io.BytesIO(data))  # the header only: PIL's pixel-count guard applies to both decoders
+        if image.format == "JPEG":
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            except RuntimeError:
+                pass
+        return pil_to_tensor(_to_rgb(image, path))
 
 
 def decode_jpeg(files: torch.Tensor | list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor | list[torch.Tensor]:

@@ -156,16 +156,16 @@ def read_image(path: str) -> Image.Image:
 def read_image_tensor(path: str) -> torch.Tensor:
     """``read_image`` as a (3, H, W) uint8 tensor. torchvision decodes JPEGs (libjpeg-turbo straight
     into a tensor: the same pixels as PIL's, in less time, bench/train_speed.py); other formats, and
-    JPEGs torchvision refuses, go through PIL, which names what is wrong."""
-    with _clear_errors(path):
-        with open(path, "rb") as f:
-            data = f.read()
-        image = Image.open(io.BytesIO(data))  # the header only: PIL's pixel-count guard applies to both decoders
+    JPEGs torchvision refuses, go through PIL, which names what is wrong. Unlike PIL, libjpeg-turbo
+    prints a line on stderr for a damaged JPEG it still decodes ("Corrupt JPEG data: ...")."""
+    with _clear_errors(path), open(path, "rb") as f:
+        image = Image.open(f)  # the header only: PIL's pixel-count guard applies to both decoders
         if image.format == "JPEG":
+            f.seek(0)
             try:
-                return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+                return decode_jpeg(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8))
             except RuntimeError:
-                pass
+                pass  # PIL seeks to the pixel data itself
         return pil_to_tensor(_to_rgb(image, path))
 
 

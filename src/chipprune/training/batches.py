@@ -193,12 +193,14 @@ def _normalized(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], normalize:
 
 def _from_workers(batches: Iterable) -> Iterator:
     """``batches`` of a DataLoader. A worker's ChipPruneError comes back rebuilt from the worker's
-    whole traceback text: it is raised again with only its message, the last line, which is what
-    the user needs."""
+    whole traceback text: it is raised again with only its message, what the text ends with."""
     try:
         yield from batches
     except ChipPruneError as exc:
-        message = str(exc).rstrip().rsplit("ChipPruneError: ", 1)[-1]
+        text = str(exc)
+        if not text.startswith("Caught ChipPruneError in DataLoader worker"):
+            raise
+        message = text.rstrip().rsplit(f"\n{ChipPruneError.__module__}.ChipPruneError: ", 1)[-1]
         # torch's rebuilt exception and the loader's frames hold each other: let go of them now, so
         # that the loader's workers are shut down at once, not at a later garbage collection, when
         # its queues may already be gone and each worker is waited for 5 s.

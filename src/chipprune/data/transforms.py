@@ -68,13 +68,15 @@ class BatchNormalizer:
 
     def __init__(self, spec: ModelSpec, device: torch.device) -> None:
         self.device = device
-        shape = (1, 3, 1, 1)
-        self.mean = torch.tensor(spec.mean, device=device).view(shape) * 255
-        self.std = torch.tensor(spec.std, device=device).view(shape) * 255
+        mean, std = torch.tensor(spec.mean, dtype=torch.float64) * 255, torch.tensor(spec.std, dtype=torch.float64) * 255
+        # (x - mean) / std as x * scale + shift: on a CPU core a multiplication costs less than a
+        # division, and the result differs by a few units in the last place.
+        self.scale = (1 / std).float().view(1, 3, 1, 1).to(device)
+        self.shift = (-mean / std).float().view(1, 3, 1, 1).to(device)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         # In place after the one conversion: a second fresh float tensor cost 1.5x on a CPU core.
-        return images.float().sub_(self.mean).div_(self.std)
+        return images.float().mul_(self.scale).add_(self.shift)
 
 
 def preprocessing(spec: ModelSpec, native_size: int | None) -> Callable:

@@ -143,6 +143,8 @@ def _clear_errors(path: str) -> Iterator[None]:
         yield
     except Image.DecompressionBombError as exc:
         raise ChipPruneError(f"refusing image {path}: {str(exc).split(' could be')[0]} (a damaged file or a decompression bomb)") from None
+    except Image.UnidentifiedImageError:  # PIL's own words name the file object, not the file
+        raise ChipPruneError(f"cannot read image {path}: not in an image format PIL knows (damaged, empty or not an image)") from None
     except (OSError, ValueError) as exc:
         raise ChipPruneError(f"cannot read image {path}: {exc}") from None
 

@@ -201,11 +201,12 @@ def _from_workers(batches: Iterable) -> Iterator:
         if not text.startswith("Caught ChipPruneError in DataLoader worker"):
             raise
         message = text.rstrip().rsplit(f"\n{ChipPruneError.__module__}.ChipPruneError: ", 1)[-1]
-        # torch's rebuilt exception and the loader's frames hold each other: let go of them now, so
-        # that the loader's workers are shut down at once, not at a later garbage collection, when
-        # its queues may already be gone and each worker is waited for 5 s.
+        # torch's rebuilt exception and the loader's frames hold each other: let go of the frames
+        # now, so that the loader's workers are shut down at once, not at a later garbage
+        # collection, when its queues may already be gone and each worker is waited for 5 s. The
+        # exception stays as the cause: --debug shows the worker's traceback.
         exc.__traceback__ = None
-        raise ChipPruneError(message) from None
+        raise ChipPruneError(message) from exc
 
 
 def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, val_fraction: float, limit: int | None,

@@ -22,8 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from ..errors import ChipPruneError
-from .sources import decode_jpeg
+from .sources import decode_jpeg, image_errors
 from .transforms import BatchNormalizer, augmentation_seed
 
 __all__ = ["JpegCrops", "is_jpeg_folder", "collate_jpegs", "decode_batch"]
@@ -51,12 +50,10 @@ class JpegCrops(Dataset):
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
         epoch, i = item if isinstance(item, tuple) else (self.epoch, item)  # as SeededAugmentation takes them
         path, label = self.samples[self.index[i]]
-        raw = Path(path).read_bytes()
-        try:
+        with image_errors(path):
+            raw = Path(path).read_bytes()
             with Image.open(io.BytesIO(raw)) as header:  # reads the size, not the pixels
                 size, mode = header.size, header.mode
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise ChipPruneError(f"cannot read image {path}: {exc}") from None
         with torch.random.fork_rng(devices=[]):
             # The draws of SeededAugmentation + make_transform's training transform, in their order.
             torch.default_generator.manual_seed(augmentation_seed(self.seed, epoch, i))

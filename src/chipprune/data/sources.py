@@ -33,7 +33,7 @@ from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
 from .transforms import make_loader, make_transform
 
-__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "read_image", "read_image_tensor", "decode_jpeg", "BUNDLED"]
+__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "read_image", "read_image_tensor", "decode_jpeg", "image_errors", "BUNDLED"]
 
 BUNDLED = "bundled"
 
@@ -137,7 +137,7 @@ def _cifar_root(root: Path) -> DataSource:
 
 
 @contextmanager
-def _clear_errors(path: str) -> Iterator[None]:
+def image_errors(path: str) -> Iterator[None]:
     """A file PIL cannot read, or one that claims more pixels than PIL's safety limit, as an error naming it."""
     try:
         yield
@@ -151,7 +151,7 @@ def _clear_errors(path: str) -> Iterator[None]:
 
 def read_image(path: str) -> Image.Image:
     """The image at ``path`` as 8-bit RGB (grey-scale, palette, RGBA and 16-bit images converted)."""
-    with _clear_errors(path), open(path, "rb") as f:
+    with image_errors(path), open(path, "rb") as f:
         return _to_rgb(Image.open(f), path)
 
 
@@ -160,7 +160,7 @@ def read_image_tensor(path: str) -> torch.Tensor:
     into a tensor: the same pixels as PIL's, in less time, bench/train_speed.py); other formats, and
     JPEGs torchvision refuses, go through PIL, which names what is wrong. Unlike PIL, libjpeg-turbo
     prints a line on stderr for a damaged JPEG it still decodes ("Corrupt JPEG data: ...")."""
-    with _clear_errors(path), open(path, "rb") as f:
+    with image_errors(path), open(path, "rb") as f:
         image = Image.open(f)  # the header only: PIL's pixel-count guard applies to both decoders
         if image.format == "JPEG":
             f.seek(0)

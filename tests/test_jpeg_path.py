@@ -75,7 +75,8 @@ def test_the_gpu_path_repeats_exactly_and_resumes_inside_an_epoch(jpeg_root):
 
 
 def test_files_the_gpu_decoder_cannot_take_are_decoded_by_pil(tmp_path):
-    # ImageNet holds a PNG named .JPEG and CMYK JPEGs; both must come out as the PIL path gives them.
+    # ImageNet holds a PNG named .JPEG and CMYK JPEGs; they, and a 16-bit PNG (scaled, not clipped
+    # to white), must come out as the PIL path gives them.
     spec = chipprune.get_model_spec("resnet18")
     rng = np.random.default_rng(1)
     for split in ("train", "test"):
@@ -83,14 +84,15 @@ def test_files_the_gpu_decoder_cannot_take_are_decoded_by_pil(tmp_path):
         pixels = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(tmp_path / split / "c0" / "png_in_disguise.jpg", format="PNG")
         Image.fromarray(pixels).convert("CMYK").save(tmp_path / split / "c0" / "cmyk.jpg", quality=95)
+        Image.fromarray((pixels[..., 0].astype(np.uint16) * 200)).save(tmp_path / split / "c0" / "grey16.jpg", format="PNG")
     samples = open_data(tmp_path).split("train", None).samples
     assert is_jpeg_folder(samples)
-    crops = JpegCrops(samples, [0, 1], seed=5)
-    items = [crops[0], crops[1]]
-    assert [int(box[5]) for _, box, _ in items] == [1, 1]  # both marked for PIL
+    crops = JpegCrops(samples, [0, 1, 2], seed=5)
+    items = [crops[0], crops[1], crops[2]]
+    assert [int(box[5]) for _, box, _ in items] == [1, 1, 1]  # all marked for PIL
     got = decode_batch(*collate_jpegs(items)[:3], spec.image_size, BatchNormalizer(spec, torch.device("cpu")))
-    pil = SeededAugmentation(Subset(open_data(tmp_path).split("train", make_transform(spec, True, None)), [0, 1]), seed=5)
-    expected = torch.stack([pil[0][0], pil[1][0]])
+    pil = SeededAugmentation(Subset(open_data(tmp_path).split("train", make_transform(spec, True, None)), [0, 1, 2]), seed=5)
+    expected = torch.stack([pil[0][0], pil[1][0], pil[2][0]])
     assert ((got - expected).abs().mean(dim=(1, 2, 3)) < 0.05).all()
 
 

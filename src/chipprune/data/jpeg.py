@@ -16,13 +16,13 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
+from torchvision.transforms.functional import pil_to_tensor
 
-from .sources import decode_jpeg, image_errors
+from .sources import decode_jpeg, image_errors, to_rgb
 from .transforms import BatchNormalizer, augmentation_seed
 
 __all__ = ["JpegCrops", "is_jpeg_folder", "collate_jpegs", "decode_batch"]
@@ -93,7 +93,7 @@ def decode_batch(data: torch.Tensor, lengths: torch.Tensor, boxes: torch.Tensor,
     for k, image in enumerate(images):
         if image is None:
             with Image.open(io.BytesIO(files[k].numpy().tobytes())) as pil:
-                images[k] = torch.from_numpy(np.asarray(pil.convert("RGB")).copy()).permute(2, 0, 1).to(device)
+                images[k] = pil_to_tensor(to_rgb(pil, "in a training batch")).to(device)
     out = torch.empty(len(images), 3, size, size, device=device)
     for k, (image, (top, left, h, w, flip, _)) in enumerate(zip(images, boxes.tolist())):
         crop = image[:, top:top + h, left:left + w].unsqueeze(0).float()

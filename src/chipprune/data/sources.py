@@ -33,7 +33,7 @@ from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
 from .transforms import make_loader, make_transform
 
-__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "read_image", "read_image_tensor", "decode_jpeg", "image_errors", "BUNDLED"]
+__all__ = ["ArrayDataset", "DataSource", "open_data", "data_location", "read_image", "read_image_tensor", "decode_jpeg", "image_errors", "to_rgb", "BUNDLED"]
 
 BUNDLED = "bundled"
 
@@ -152,7 +152,7 @@ def image_errors(path: str) -> Iterator[None]:
 def read_image(path: str) -> Image.Image:
     """The image at ``path`` as 8-bit RGB (grey-scale, palette, RGBA and 16-bit images converted)."""
     with image_errors(path), open(path, "rb") as f:
-        return _to_rgb(Image.open(f), path)
+        return to_rgb(Image.open(f), path)
 
 
 def read_image_tensor(path: str) -> torch.Tensor:
@@ -168,7 +168,7 @@ def read_image_tensor(path: str) -> torch.Tensor:
                 return decode_jpeg(torch.frombuffer(bytearray(f.read()), dtype=torch.uint8))
             except RuntimeError:
                 pass  # PIL seeks to the pixel data itself
-        return pil_to_tensor(_to_rgb(image, path))
+        return pil_to_tensor(to_rgb(image, path))
 
 
 def decode_jpeg(files: torch.Tensor | list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor | list[torch.Tensor]:
@@ -181,7 +181,7 @@ def decode_jpeg(files: torch.Tensor | list[torch.Tensor], device: torch.device |
         return tv_io.decode_jpeg(files, mode=tv_io.ImageReadMode.RGB, device=device)
 
 
-def _to_rgb(image: Image.Image, path: str) -> Image.Image:
+def to_rgb(image: Image.Image, path: str) -> Image.Image:
     """8-bit RGB. PIL's own conversion clips 16-bit values at 255 (a white image): they are scaled."""
     if image.mode.startswith("I;16") or image.mode == "I":
         values = np.asarray(image, dtype=np.float64)

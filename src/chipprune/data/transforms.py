@@ -44,8 +44,9 @@ class SeededAugmentation(Dataset):
 
 def augmentation(spec: ModelSpec, native_size: int | None) -> Callable:
     """The training augmentation for ``spec`` on uint8 tensors: an RGB PIL image or (3, H, W) uint8
-    tensor in, an augmented (3, S, S) uint8 tensor out, not yet normalised (``BatchNormalizer`` does that a batch at a time,
-    on the training device). CIFAR-style crop/flip at 32 px, ImageNet-style otherwise.
+    tensor in, an augmented (3, S, S) uint8 tensor out, not yet normalised (``BatchNormalizer`` does
+    that a batch at a time, on the training device). CIFAR-style crop/flip at 32 px, ImageNet-style
+    otherwise.
 
     On uint8 tensors, with torchvision's v2 transforms (which resample uint8 directly), because it
     is what a loader worker spends its time on: the crop, resize and flip took half the time of

@@ -8,7 +8,8 @@ same run (interleaved rounds; medians with the rounds' range).
    normalised floats, no workers) against today's (one persistent worker per core; torchvision
    decodes the JPEGs straight into uint8 tensors, which are augmented as such; batches normalised in
    the main process); the same for evaluation (two passes); and, on one core, the decoding alone
-   (PIL against torchvision, the same pixels) and the augmentation alone.
+   (PIL against torchvision, the same pixels), the augmentation alone, and what forking the
+   generator per image costs the augmentation.
 3. A fine-tuning epoch of pruned ResNet-56 (chipprune's `fit`, in-memory path) against a bare
    training loop over batches already in memory: the same model, optimiser, batch size and steps.
 
@@ -200,6 +201,34 @@ def augmentation_alone(n_rounds: int, source, batch: int = 32) -> dict:
     return row
 
 
+def generator_fork(n_rounds: int, source) -> dict:
+    """One core, JPEGs already decoded to tensors: the uint8 augmentation per image as is, against
+    under SeededAugmentation (the generator forked and seeded per image, as the loader path does)."""
+    spec = chipprune.get_model_spec("resnet18")
+    torch.set_num_threads(1)
+    decoded = [read_image_tensor(path) for path, _ in source.split("train", None).samples[:128]]
+    transform = augmentation(spec, None)
+
+    class Augmented(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(decoded)
+
+        def __getitem__(self, i: int):
+            return transform(decoded[i]), 0
+
+    plain, seeded = Augmented(), SeededAugmentation(Augmented(), seed=0)
+
+    def old() -> float:
+        return rate(lambda: [plain[i] for i in range(len(decoded))], len(decoded))
+
+    def new() -> float:
+        return rate(lambda: [seeded[i] for i in range(len(decoded))], len(decoded))
+
+    row = summary("224 px augmentation, one core: plain -> forked per image", *rounds(old, new, n_rounds))
+    torch.set_num_threads(os.cpu_count() or 1)
+    return row
+
+
 def epoch_against_bare_loop(n_rounds: int, device: torch.device) -> dict:
     model, spec = chipprune.load_model("cifar_resnet56", None)
     pruned = chipprune.prune(model, spec, SPARSITY, criterion="l1", evaluate_on=False, recalibrate_bn=False, progress=False).model
@@ -245,7 +274,7 @@ def main() -> None:
     print(f"{'':58} {'baseline':>10} {'candidate':>10} {'':9} ratio [range over rounds]")
     jpeg_row, jpeg_source = jpeg_paths(args.rounds)
     rows = [cifar_paths(args.rounds), jpeg_row, evaluation_paths(args.rounds, jpeg_source), decoding_alone(args.rounds, jpeg_source),
-            augmentation_alone(args.rounds, jpeg_source), epoch_against_bare_loop(args.rounds, device)]
+            augmentation_alone(args.rounds, jpeg_source), generator_fork(args.rounds, jpeg_source), epoch_against_bare_loop(args.rounds, device)]
     print("(an epoch ratio below 1: chipprune's epoch is slower than the bare loop by that factor)")
     if args.out:
         write_json(args.out, {"machine": platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__, "rows": rows})

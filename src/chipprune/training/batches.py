@@ -10,8 +10,9 @@ from (seed, epoch, its index among the training images)):
 - JPEGs on a GPU: a DataLoader's workers read the files and draw each image's crop; the GPU decodes
   and augments the batch (data/jpeg.py);
 - loader: anything else goes through a DataLoader whose worker processes (one per core, up to 32)
-  live for the whole run; each decodes an image and augments it as a uint8 tensor under a seeded
-  generator, and the batch is normalised on the training device (pinned memory on CUDA).
+  live for the whole run, in one pass across the epochs; each decodes an image and augments it as
+  a uint8 tensor under a seeded generator, and the batch is normalised on the training device
+  (pinned memory on CUDA).
 
 Validation and test images not held in memory go the loader's way too: PIL resizes and crops them
 in workers (started for each pass), uint8 to the device, normalised there.

@@ -10,8 +10,8 @@ same run (interleaved rounds; medians with the rounds' range).
    the main process, on one thread; one DataLoader pass across the epochs); today's loader
    normalising on all threads instead of one, and starting a pass per epoch; the same for
    evaluation (two passes); and, on one core, the decoding alone (PIL against torchvision, the
-   same pixels), the augmentation alone, and what forking the generator per image costs the
-   augmentation.
+   same pixels), the augmentation alone, and the augmentation seeded per image by forking the
+   global generator (the old way) against seeding its own.
 3. A fine-tuning epoch of pruned ResNet-56 (chipprune's `fit`, in-memory path) against a bare
    training loop over batches already in memory: the same model, optimiser, batch size and steps.
 
@@ -39,7 +39,7 @@ import chipprune
 from chipprune.data import open_data
 from chipprune.data.memory import memory_images
 from chipprune.data.sources import read_image, read_image_tensor
-from chipprune.data.transforms import BatchNormalizer, SeededAugmentation, augmentation, preprocessing
+from chipprune.data.transforms import BatchNormalizer, SeededAugmentation, augmentation, augmentation_seed, preprocessing
 from chipprune.io.atomic import write_json
 from chipprune.runtime import Dist
 from chipprune.training import TrainConfig, fit, recipe_with
@@ -80,11 +80,27 @@ def pil_transform(spec, size: int) -> transforms.Compose:
     return transforms.Compose(crop + [transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)])
 
 
+class ForkedSeeding(torch.utils.data.Dataset):
+    """The seeding chipprune used up to this work (the baselines' way): ``base`` applies its own
+    transform, which draws from the global generator, forked and seeded for each image."""
+
+    def __init__(self, base, seed: int, epoch: int = 0) -> None:
+        self.base, self.seed, self.epoch = base, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(augmentation_seed(self.seed, self.epoch, i))
+            return self.base[i]
+
+
 def cifar_paths(n_rounds: int) -> dict:
     spec = chipprune.get_model_spec("cifar_resnet56")
     source = open_data("bundled")
     torch.set_num_threads(1)
-    dataset = SeededAugmentation(source.split("train", pil_transform(spec, 32)), seed=0)
+    dataset = ForkedSeeding(source.split("train", pil_transform(spec, 32)), seed=0)
     memory = memory_images(source, "train", spec, torch.device("cpu"))
     n = len(dataset)
 
@@ -120,8 +136,8 @@ def jpeg_paths(n_rounds: int, images: int = 512, epochs: int = 2, batch: int = 3
     normalised per batch)."""
     spec = chipprune.get_model_spec("resnet18")
     source = open_data(jpeg_folder(images))
-    old_set = SeededAugmentation(source.split("train", pil_transform(spec, spec.image_size)), seed=0)
-    new_set = SeededAugmentation(source.split("train", augmentation(spec, None), tensors=True), seed=0)
+    old_set = ForkedSeeding(source.split("train", pil_transform(spec, spec.image_size)), seed=0)
+    new_set = SeededAugmentation(source.split("train", None, tensors=True), augmentation(spec, None), seed=0)
 
     def old() -> float:
         def run() -> None:
@@ -150,7 +166,7 @@ def loader_changes(n_rounds: int, source, epochs: int = 2, batch: int = 32) -> l
     DataLoader pass per epoch (workers idle at each epoch's start and end) instead of one pass that
     runs on across epochs."""
     spec = chipprune.get_model_spec("resnet18")
-    dataset = SeededAugmentation(source.split("train", augmentation(spec, None), tensors=True), seed=0)
+    dataset = SeededAugmentation(source.split("train", None, tensors=True), augmentation(spec, None), seed=0)
     normalize = batches_module._normalize
 
     def loader(all_threads: bool = False, pass_per_epoch: bool = False) -> float:
@@ -235,11 +251,12 @@ def augmentation_alone(n_rounds: int, source, batch: int = 32) -> dict:
 
 
 def generator_fork(n_rounds: int, source) -> dict:
-    """One core, JPEGs already decoded to tensors: the uint8 augmentation per image as is, against
-    under SeededAugmentation (the generator forked and seeded per image, as the loader path does)."""
+    """One core, JPEGs already decoded to tensors: the uint8 augmentation seeded per image the old
+    way (the global generator forked and seeded around each image) against today's (the dataset's
+    own generator seeded, the global one untouched)."""
     spec = chipprune.get_model_spec("resnet18")
     torch.set_num_threads(1)
-    decoded = [read_image_tensor(path) for path, _ in source.split("train", None).samples[:128]]
+    decoded = [(read_image_tensor(path), 0) for path, _ in source.split("train", None).samples[:128]]
     transform = augmentation(spec, None)
 
     class Augmented(torch.utils.data.Dataset):
@@ -247,17 +264,17 @@ def generator_fork(n_rounds: int, source) -> dict:
             return len(decoded)
 
         def __getitem__(self, i: int):
-            return transform(decoded[i]), 0
+            return transform(decoded[i][0]), 0
 
-    plain, seeded = Augmented(), SeededAugmentation(Augmented(), seed=0)
+    forked, own = ForkedSeeding(Augmented(), seed=0), SeededAugmentation(decoded, transform, seed=0)
 
     def old() -> float:
-        return rate(lambda: [plain[i] for i in range(len(decoded))], len(decoded))
+        return rate(lambda: [forked[i] for i in range(len(decoded))], len(decoded))
 
     def new() -> float:
-        return rate(lambda: [seeded[i] for i in range(len(decoded))], len(decoded))
+        return rate(lambda: [own[i] for i in range(len(decoded))], len(decoded))
 
-    row = summary("224 px augmentation, one core: plain -> forked per image", *rounds(old, new, n_rounds))
+    row = summary("224 px augmentation, one core: forked generator -> own", *rounds(old, new, n_rounds))
     torch.set_num_threads(os.cpu_count() or 1)
     return row
 

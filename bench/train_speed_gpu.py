@@ -44,6 +44,7 @@ from chipprune.training import TrainConfig, fit, recipe_with
 from chipprune.data.jpeg import JpegCrops
 from chipprune.data.transforms import SeededAugmentation, augmentation
 from chipprune.training.batches import _JpegBatches, _LoaderBatches, loader_workers
+from train_speed import ForkedSeeding
 
 SPARSITY = "[0.]+[0.15]*2+[0.4]*27"
 
@@ -169,7 +170,7 @@ def jpeg_rows(args, device) -> list[dict]:
     dist = Dist(device=device)
     old_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
                                  transforms.Normalize(spec.mean, spec.std)])
-    old = DataLoader(SeededAugmentation(source.split("train", old_tf), seed=0), batch_size=256, drop_last=True,
+    old = DataLoader(ForkedSeeding(source.split("train", old_tf), seed=0), batch_size=256, drop_last=True,
                      num_workers=loader_workers(), pin_memory=device.type == "cuda", persistent_workers=True)
 
     class _OldBatches:  # the loader before uint8 augmentation: PIL transforms to floats in the workers
@@ -177,7 +178,7 @@ def jpeg_rows(args, device) -> list[dict]:
             for x, y in old:
                 yield x.to(device, non_blocking=True), y
 
-    train = SeededAugmentation(source.split("train", augmentation(spec, None), tensors=True), seed=0)
+    train = SeededAugmentation(source.split("train", None, tensors=True), augmentation(spec, None), seed=0)
     loader_rate = _images_per_s(_LoaderBatches(train, spec, 0, 256, dist, device), device)
     old_rate = _images_per_s(_OldBatches(), device)
     samples = source.split("train", None).samples

@@ -128,7 +128,7 @@ def test_the_loader_path_draws_each_crop_from_seed_epoch_and_index_whatever_its_
 
     def run(workers: int) -> list[list[torch.Tensor]]:
         monkeypatch.setattr(batches_module, "loader_workers", lambda: workers)
-        dataset = SeededAugmentation(Subset(source.split("train", augmentation(spec, None), tensors=True), range(6)), seed=7)
+        dataset = SeededAugmentation(Subset(source.split("train", None, tensors=True), range(6)), augmentation(spec, None), seed=7)
         batches = batches_module._LoaderBatches(dataset, spec, 7, 2, Dist(), torch.device("cpu"))
         normalize, threads_seen, setter = batches.normalize, set(), batches.positions.set
 
@@ -165,7 +165,7 @@ def test_the_loader_path_draws_each_crop_from_seed_epoch_and_index_whatever_its_
     assert not torch.equal(first[0], second[0])
     # Each image is the float transform's output on PIL's decoding, normalised a batch at a time instead of per image.
     order = list(batches_module.DistributedSampler(range(6), num_replicas=1, rank=0, shuffle=True, seed=7, drop_last=True))
-    per_image = SeededAugmentation(Subset(source.split("train", make_transform(spec, True, None)), range(6)), seed=7)
+    per_image = SeededAugmentation(Subset(source.split("train", None), range(6)), make_transform(spec, True, None), seed=7)
     assert torch.allclose(first[0], torch.stack([per_image[(0, i)][0] for i in order[:2]]), atol=1e-5)
 
 
@@ -213,7 +213,7 @@ def test_an_unreadable_image_in_a_worker_is_one_clear_error(tmp_path, monkeypatc
     (tmp_path / "train" / "a" / "2.jpg").write_bytes(b"not a JPEG")
     monkeypatch.setattr(batches_module, "loader_workers", lambda: 2)
     spec = chipprune.get_model_spec("resnet18")
-    dataset = SeededAugmentation(open_data(tmp_path).split("train", augmentation(spec, None), tensors=True), seed=0)
+    dataset = SeededAugmentation(open_data(tmp_path).split("train", None, tensors=True), augmentation(spec, None), seed=0)
     batches = batches_module._LoaderBatches(dataset, spec, 0, 2, Dist(), torch.device("cpu"))
     try:  # not pytest.raises: its record of the traceback would keep the workers alive past the test
         list(batches.epoch(0, 0))
@@ -223,24 +223,44 @@ def test_an_unreadable_image_in_a_worker_is_one_clear_error(tmp_path, monkeypatc
     assert message.startswith("cannot read image ") and "2.jpg" in message and "Traceback" not in message and "\n" not in message
 
 
-def test_the_uint8_augmentation_draws_the_crops_and_flips_pil_transforms_draw():
-    # Same seed, same crop box and flip as torchvision's v1 PIL transforms: only the resampling differs.
+def test_the_augmentation_draws_torchvisions_crops_and_flips_from_its_own_generator():
+    # Seeded alike, the augmentation's generator gives the crop and flip that torchvision's
+    # transforms draw from the global generator; that generator is neither read nor changed.
     from PIL import Image
     from torchvision import transforms
+    from torchvision.transforms import v2
 
-    from chipprune.data.transforms import augmentation
+    from chipprune.data.transforms import SeededAugmentation, augmentation
 
     yy, xx = np.mgrid[0:180, 0:260]
-    image = Image.fromarray(np.stack([xx % 256, yy * 255 // 180, (xx * yy) % 251], -1).astype(np.uint8))
+    wide = Image.fromarray(np.stack([xx % 256, yy * 255 // 180, (xx * yy) % 251], -1).astype(np.uint8))
+    thin = Image.fromarray(np.tile(np.arange(400, dtype=np.uint8)[None, :, None], (8, 1, 3)))  # ten misses: the centred fallback
     spec = chipprune.get_model_spec("resnet18")
-    pil = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
-    for seed in range(6):
-        torch.manual_seed(seed)
-        expected = pil(image).int()
-        torch.manual_seed(seed)
-        got = augmentation(spec, None)(image).int()
-        assert got.dtype == torch.int32 and got.shape == expected.shape == (3, 224, 224)
-        assert (got - expected).abs().float().mean() < 1.0  # grey levels; another crop or flip differs by dozens
+    tensor_v2 = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()])
+    pil_v1 = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.PILToTensor()])
+    for seed in range(8):
+        for image in (wide, thin):
+            got = augmentation(spec, None)(image, torch.Generator().manual_seed(seed))
+            assert got.dtype == torch.uint8 and got.shape == (3, 224, 224)
+            torch.manual_seed(seed)
+            assert torch.equal(got, tensor_v2(image))
+            torch.manual_seed(seed)  # PIL's resampling: within a grey level; another crop or flip differs by dozens
+            assert (got.int() - pil_v1(image).int()).abs().float().mean() < 1.0
+    cifar = chipprune.get_model_spec("cifar_resnet20")
+    rng = np.random.default_rng(5)
+    for size, native in ((32, 32), (40, None)):  # a 40-pixel image is resized to 32 first
+        image = Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        steps = [v2.Resize((32, 32), antialias=True)] if size != 32 else []
+        reference = v2.Compose([v2.PILToTensor(), *steps, v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()])
+        for seed in range(8):
+            got = augmentation(cifar, native)(image, torch.Generator().manual_seed(seed))
+            torch.manual_seed(seed)
+            assert torch.equal(got, reference(image))
+    state = torch.get_rng_state()
+    seeded = SeededAugmentation([(wide, 0), (thin, 1)], augmentation(spec, None), seed=3)
+    first = [seeded[(1, i)][0] for i in (0, 1)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(a, seeded[(1, i)][0]) for i, a in enumerate(first)) and not torch.equal(first[0], seeded[(2, 0)][0])
 
 
 def test_evaluation_batches_from_workers_match_the_per_image_transform_and_repeat(tmp_path, monkeypatch):

@@ -45,7 +45,7 @@ def test_the_gpu_path_crops_and_flips_as_the_pil_path_does(jpeg_root):
     spec = chipprune.get_model_spec("resnet18")
     index = [4, 0, 5, 2, 1, 3]
     got, labels, boxes = _gpu_path_batch(jpeg_root, index, seed=3, epoch=2)
-    pil = SeededAugmentation(Subset(open_data(jpeg_root).split("train", make_transform(spec, True, None)), index), seed=3)
+    pil = SeededAugmentation(Subset(open_data(jpeg_root).split("train", None), index), make_transform(spec, True, None), seed=3)
     pil.epoch = 2
     expected = torch.stack([pil[i][0] for i in range(len(index))])
     assert got.shape == expected.shape == (6, 3, 224, 224)
@@ -91,7 +91,7 @@ def test_files_the_gpu_decoder_cannot_take_are_decoded_by_pil(tmp_path):
     items = [crops[0], crops[1], crops[2]]
     assert [int(box[5]) for _, box, _ in items] == [1, 1, 1]  # all marked for PIL
     got = decode_batch(*collate_jpegs(items)[:3], spec.image_size, BatchNormalizer(spec, torch.device("cpu")))
-    pil = SeededAugmentation(Subset(open_data(tmp_path).split("train", make_transform(spec, True, None)), [0, 1, 2]), seed=5)
+    pil = SeededAugmentation(Subset(open_data(tmp_path).split("train", None), [0, 1, 2]), make_transform(spec, True, None), seed=5)
     expected = torch.stack([pil[0][0], pil[1][0], pil[2][0]])
     assert ((got - expected).abs().mean(dim=(1, 2, 3)) < 0.05).all()
 

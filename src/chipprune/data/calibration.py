@@ -33,7 +33,7 @@ class Calibration:
     def loader(self, spec: ModelSpec, source: DataSource | None = None) -> DataLoader:
         """The calibration batches; under torchrun, this process's share of them."""
         source = source or open_data(self.data)
-        dataset = source.split("train", make_transform(spec, self.augment, source.image_size))
+        dataset = source.split("train", None)
         if len(dataset) == 0:
             raise ChipPruneError(f"{source.description}: the training split holds no images")
         if self.images > len(dataset) and self.require_all:
@@ -42,7 +42,8 @@ class Calibration:
             )
         if self.images > len(dataset):
             warnings.warn(f"{self.images} calibration images asked for, {source.description} has {len(dataset)}; using them all")
-        loader = make_loader(SeededAugmentation(dataset, self.seed), self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
+        images = SeededAugmentation(dataset, make_transform(spec, self.augment, source.image_size), self.seed)
+        loader = make_loader(images, self.batch_size, shuffle=False, limit=self.images, seed=self.seed)
         rank, processes = world()
         if processes > 1:
             if len(loader.dataset) < processes:

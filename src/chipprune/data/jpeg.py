@@ -4,10 +4,10 @@ and normalises a whole batch.
 
 Why: on a 16-core H200 machine, 8 workers decoding and augmenting 224-pixel JPEGs with PIL gave
 1,247 images/s, against 4,683 that a ResNet-50 training step takes and 5,883 that batched GPU
-decoding gives (docs/FINETUNING.md). The crop boxes and flips are drawn exactly as the PIL path
-draws them (torchvision's RandomResizedCrop and RandomHorizontalFlip under the generator seeded by
-(seed, epoch, index)), from the image's size read in its header; only the resampling differs
-(bilinear with antialiasing on the GPU, PIL's bilinear filter on the CPU).
+decoding gives (docs/FINETUNING.md). The crop boxes and flips are drawn exactly as the loader path
+draws them (torchvision's RandomResizedCrop and RandomHorizontalFlip draws from the generator seeded
+by (seed, epoch, index)), from the image's size read in its header; only the resampling differs
+(bilinear with antialiasing in float on the GPU, in uint8 on the CPU).
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 from torchvision.transforms.functional import pil_to_tensor
 
 from .sources import decode_jpeg, image_errors, to_rgb
-from .transforms import BatchNormalizer, augmentation_seed
+from .transforms import BatchNormalizer, augmentation_seed, flip_draw, resized_crop_box
 
 __all__ = ["JpegCrops", "is_jpeg_folder", "collate_jpegs", "decode_batch"]
 
@@ -42,7 +41,7 @@ class JpegCrops(Dataset):
 
     def __init__(self, samples: Sequence[tuple[str, int]], index: Sequence[int], seed: int, epoch: int = 0) -> None:
         self.samples, self.index, self.seed, self.epoch = samples, list(index), seed, epoch
-        self.crop = transforms.RandomResizedCrop(224)  # only its scale and ratio ranges are used
+        self.generator = torch.Generator()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -54,13 +53,10 @@ class JpegCrops(Dataset):
             raw = Path(path).read_bytes()
             with Image.open(io.BytesIO(raw)) as header:  # reads the size, not the pixels
                 size, mode = header.size, header.mode
-        with torch.random.fork_rng(devices=[]):
-            # The draws of SeededAugmentation + make_transform's training transform, in their order.
-            torch.default_generator.manual_seed(augmentation_seed(self.seed, epoch, i))
-            # A (1, H, W) view of one number: get_params reads only the dimensions.
-            sized = torch.zeros(1, 1, 1).expand(1, size[1], size[0])
-            top, left, h, w = transforms.RandomResizedCrop.get_params(sized, self.crop.scale, self.crop.ratio)
-            flip = bool(torch.rand(1) < 0.5)
+        # The draws of SeededAugmentation + the training augmentation, in their order.
+        self.generator.manual_seed(augmentation_seed(self.seed, epoch, i))
+        top, left, h, w = resized_crop_box(size[1], size[0], self.generator)
+        flip = flip_draw(self.generator)
         # Not a plain JPEG (a PNG named .jpg, CMYK): decoded by PIL, as the PIL path would.
         on_cpu = not raw.startswith(b"\xff\xd8") or mode not in ("RGB", "L")
         data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)

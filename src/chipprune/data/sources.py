@@ -58,14 +58,15 @@ class DataSource:
     """A dataset location with its two splits, built lazily for a given transform."""
 
     description: str
-    build: Callable[[str, Callable, bool], Dataset]  # (split "train"/"test", transform, tensors) -> Dataset
+    build: Callable[[str, Callable | None, bool], Dataset]  # (split "train"/"test", transform, tensors) -> Dataset
     image_size: int | None  # native size when known (32 for CIFAR), else None
     classes: int | None = None  # number of classes when known
     has_test: bool = True  # False: images without labels, for calibration only
 
-    def split(self, split: str, transform: Callable, tensors: bool = False) -> Dataset:
-        """``split`` with ``transform`` applied to each RGB image: a PIL image, or a (3, H, W) uint8
-        tensor when ``tensors`` (decoded faster, for transforms that work on tensors)."""
+    def split(self, split: str, transform: Callable | None, tensors: bool = False) -> Dataset:
+        """``split`` with ``transform`` applied to each RGB image (None: the images as they are): a
+        PIL image, or a (3, H, W) uint8 tensor when ``tensors`` (decoded faster, for transforms
+        that work on tensors)."""
         return self.build(split, transform, tensors)
 
     def test_loader(self, spec: ModelSpec, batch_size: int = 256) -> DataLoader:
@@ -81,7 +82,7 @@ def _bundled() -> DataSource:
     with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
 
-    def build(split: str, transform: Callable, tensors: bool) -> Dataset:
+    def build(split: str, transform: Callable | None, tensors: bool) -> Dataset:
         return ArrayDataset(arrays[f"{split}_images"], arrays[f"{split}_labels"], transform, tensors)
 
     n_train, n_test = len(arrays["train_labels"]), len(arrays["test_labels"])
@@ -122,7 +123,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cifar_root(root: Path) -> DataSource:
-    def build(split: str, transform: Callable, tensors: bool) -> Dataset:
+    def build(split: str, transform: Callable | None, tensors: bool) -> Dataset:
         names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
         missing = [n for n in names if not (root / n).is_file()]
         if missing:
@@ -234,7 +235,7 @@ def _image_folder(root: Path) -> DataSource:
             f"{test_dir.name}: {', '.join(only_test[:5]) or '-'}), so their labels would not agree; give both the same class folders"
         )
 
-    def build(split: str, transform: Callable, tensors: bool) -> Dataset:
+    def build(split: str, transform: Callable | None, tensors: bool) -> Dataset:
         folder = train_dir if split == "train" else test_dir
         try:
             return _ImageFolder(str(folder), transform=transform, loader=read_image_tensor if tensors else read_image)
@@ -247,7 +248,7 @@ def _image_folder(root: Path) -> DataSource:
 class _UnlabelledImages(Dataset):
     """Every image under a folder (sorted paths, links to folders already read skipped), label 0."""
 
-    def __init__(self, paths: list[str], transform: Callable, tensors: bool) -> None:
+    def __init__(self, paths: list[str], transform: Callable | None, tensors: bool) -> None:
         self.paths, self.transform = paths, transform
         self.read = read_image_tensor if tensors else read_image
 
@@ -255,7 +256,8 @@ class _UnlabelledImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.read(self.paths[i])), 0
+        image = self.read(self.paths[i])
+        return (self.transform(image) if self.transform else image), 0
 
 
 def _image_files(root: Path) -> list[str]:
@@ -272,7 +274,7 @@ def _image_files(root: Path) -> list[str]:
 
 
 def _unlabelled_folder(root: Path, paths: list[str]) -> DataSource:
-    def build(split: str, transform: Callable, tensors: bool) -> Dataset:
+    def build(split: str, transform: Callable | None, tensors: bool) -> Dataset:
         if split != "train":
             raise ChipPruneError(f"{root} holds images without labels: there is nothing to test on")
         return _UnlabelledImages(paths, transform, tensors)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import transforms
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from ..models.spec import ModelSpec
 
-__all__ = ["SeededAugmentation", "augmentation", "augmentation_seed", "make_loader", "make_transform", "preprocessing", "BatchNormalizer"]
+__all__ = ["Augmentation", "SeededAugmentation", "augmentation", "augmentation_seed", "flip_draw", "make_loader", "make_transform", "preprocessing",
+           "resized_crop_box", "BatchNormalizer"]
 
 
 def augmentation_seed(seed: int, epoch: int, index: int) -> int:
@@ -21,12 +25,14 @@ def augmentation_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class SeededAugmentation(Dataset):
-    """Draws each image's random augmentation from a generator seeded by (seed, epoch, index), so the
-    same image gets the same crop whichever process, worker or step loads it (exact resume, and
-    torchrun runs equal to single-process ones)."""
+    """``base``'s (image, label) pairs, each image through ``augment(image, generator)`` with a
+    generator seeded by (seed, epoch, index): the same image gets the same crop whichever process,
+    worker or step loads it (exact resume, and torchrun runs equal to single-process ones). The
+    generator is the dataset's own: the process's global one is neither read nor changed."""
 
-    def __init__(self, base: Dataset, seed: int, epoch: int = 0) -> None:
-        self.base, self.seed, self.epoch = base, seed, epoch
+    def __init__(self, base: Dataset, augment: Callable, seed: int, epoch: int = 0) -> None:
+        self.base, self.augment, self.seed, self.epoch = base, augment, seed, epoch
+        self.generator = torch.Generator()
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
@@ -35,32 +41,77 @@ class SeededAugmentation(Dataset):
         """Image ``item``, or ``(epoch, index)``: a loader's workers that live across epochs are
         told the epoch with each index (their copy of ``self.epoch`` would be stale)."""
         epoch, i = item if isinstance(item, tuple) else (self.epoch, item)
-        with torch.random.fork_rng(devices=[]):
-            # Only the CPU generator draws augmentations; torch.manual_seed would also queue CUDA
-            # seeding on every image, which costs far more than the crop itself.
-            torch.default_generator.manual_seed(augmentation_seed(self.seed, epoch, i))
-            return self.base[i]
+        image, label = self.base[i]
+        self.generator.manual_seed(augmentation_seed(self.seed, epoch, i))
+        return self.augment(image, self.generator), label
 
 
-def augmentation(spec: ModelSpec, native_size: int | None) -> Callable:
-    """The training augmentation for ``spec`` on uint8 tensors: an RGB PIL image or (3, H, W) uint8
-    tensor in, an augmented (3, S, S) uint8 tensor out, not yet normalised (``BatchNormalizer`` does
-    that a batch at a time, on the training device). CIFAR-style crop/flip at 32 px, ImageNet-style
-    otherwise.
-
-    On uint8 tensors, with torchvision's v2 transforms (which resample uint8 directly), because it
-    is what a loader worker spends its time on: the crop, resize and flip took half the time of
-    PIL's crop and resize, ToTensor and Normalize, and a batch of uint8 crosses from the workers in
-    a quarter of the bytes (docs/FINETUNING.md, bench/train_speed.py). The draws are v1's: the
-    same crop and flip for the same seed."""
-    _warn_if_enlarged(spec, native_size)
-    size = spec.image_size
-    if size <= 64:
-        resize = [] if native_size == size else [v2.Resize((size, size), antialias=True)]
-        steps = resize + [v2.RandomCrop(size, padding=4)]
+def resized_crop_box(height: int, width: int, generator: torch.Generator | None = None,
+                     scale: tuple[float, float] = (0.08, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (top, left, height, width) for an image of ``height`` x
+    ``width``, drawn from ``generator`` (the global one if None): its draws, step by step, so a seed
+    gives torchvision's crop (tested against it)."""
+    area, log_ratio = height * width, torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect_ratio = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        w, h = int(round(math.sqrt(target_area * aspect_ratio))), int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=generator))
+            return top, int(torch.randint(0, width - w + 1, size=(1,), generator=generator)), h, w
+    # Ten misses (a very long or tall image): the largest centred crop within the ratios.
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
     else:
-        steps = [v2.RandomResizedCrop(size, antialias=True)]  # v2 resamples uint8 without going through floats
-    return v2.Compose([v2.PILToTensor(), *steps, v2.RandomHorizontalFlip()])
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def flip_draw(generator: torch.Generator | None = None) -> bool:
+    """RandomHorizontalFlip's draw (p = 0.5) from ``generator``."""
+    return bool(torch.rand(1, generator=generator) < 0.5)
+
+
+class Augmentation:
+    """The training augmentation for a model of ``size`` pixels on uint8 tensors: an RGB PIL image or
+    (3, H, W) uint8 tensor and a generator in, an augmented (3, S, S) uint8 tensor out, not yet
+    normalised (``BatchNormalizer`` does that a batch at a time, on the training device).
+    CIFAR-style at 32 px (4-pixel zero padding, random crop, flip), ImageNet-style otherwise
+    (random resized crop, flip); the draws are torchvision's RandomCrop / RandomResizedCrop and
+    RandomHorizontalFlip's, from the generator given (the global one if None).
+
+    On uint8 tensors, with torchvision's v2 kernels (which resample uint8 directly), because it is
+    what a loader worker spends its time on: the crop, resize and flip took half the time of PIL's
+    crop and resize, ToTensor and Normalize, and a batch of uint8 crosses from the workers in a
+    quarter of the bytes (docs/FINETUNING.md, bench/train_speed.py)."""
+
+    def __init__(self, size: int, resize_first: bool) -> None:
+        self.size, self.resize_first = size, resize_first
+
+    def __call__(self, image: Image.Image | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        image = F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
+        size = self.size
+        if size <= 64:
+            if self.resize_first:
+                image = F.resize(image, [size, size], antialias=True)
+            padded = F.pad(image, [4])
+            top = int(torch.randint(0, padded.shape[-2] - size + 1, size=(), generator=generator))
+            left = int(torch.randint(0, padded.shape[-1] - size + 1, size=(), generator=generator))
+            image = F.crop(padded, top, left, size, size)
+        else:
+            top, left, h, w = resized_crop_box(image.shape[-2], image.shape[-1], generator)
+            image = F.resized_crop(image, top, left, h, w, [size, size], antialias=True)
+        return F.horizontal_flip(image) if flip_draw(generator) else image
+
+
+def augmentation(spec: ModelSpec, native_size: int | None) -> Augmentation:
+    """``spec``'s training augmentation (``Augmentation``); ``native_size``: the data's image size
+    when known (at 32 px, images of another size are first resized)."""
+    _warn_if_enlarged(spec, native_size)
+    return Augmentation(spec.image_size, native_size != spec.image_size)
 
 
 class BatchNormalizer:
@@ -93,11 +144,24 @@ def preprocessing(spec: ModelSpec, native_size: int | None) -> Callable:
     return transforms.Compose([*steps, transforms.PILToTensor()])
 
 
+class _ModelInput:
+    """A uint8 transform's output as the model's normalised float input, per image."""
+
+    def __init__(self, spec: ModelSpec, uint8: Callable, draws: bool) -> None:
+        self.uint8, self.draws = uint8, draws
+        self.to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
+
+    def __call__(self, image: Image.Image | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.to_float(self.uint8(image, generator) if self.draws else self.uint8(image))
+
+
 def make_transform(spec: ModelSpec, train: bool, native_size: int | None) -> Callable:
     """Preprocessing of one PIL image for ``spec`` into a normalised float tensor: the training
-    augmentation when ``train``, else the evaluation preprocessing."""
-    uint8 = augmentation(spec, native_size) if train else preprocessing(spec, native_size)
-    return v2.Compose([uint8, v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
+    augmentation when ``train`` (drawn from the generator given as second argument, or the global
+    one), else the evaluation preprocessing."""
+    if train:
+        return _ModelInput(spec, augmentation(spec, native_size), True)
+    return _ModelInput(spec, preprocessing(spec, native_size), False)
 
 
 def _warn_if_enlarged(spec: ModelSpec, native_size: int | None) -> None:

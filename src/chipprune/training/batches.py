@@ -281,7 +281,7 @@ def split_data(spec: ModelSpec, source: DataSource, seed: int, batch_size: int, 
     if device.type == "cuda" and spec.image_size > 64 and samples is not None and is_jpeg_folder(samples):
         train: _TrainBatches = _JpegBatches(JpegCrops(samples, train_idx, seed), spec, seed, per_rank, dist_info, device)
     else:
-        augmented = SeededAugmentation(Subset(source.split("train", augmentation(spec, source.image_size), tensors=True), train_idx), seed)
+        augmented = SeededAugmentation(Subset(source.split("train", None, tensors=True), train_idx), augmentation(spec, source.image_size), seed)
         train = _LoaderBatches(augmented, spec, seed, per_rank, dist_info, device)
     return RunData(
         train,

@@ -7,11 +7,10 @@ same run (interleaved rounds; medians with the rounds' range).
 2. An ImageFolder of 224-pixel JPEGs made here, two epochs: the old loader (PIL transforms to
    normalised floats, no workers) against today's (one persistent worker per core; torchvision
    decodes the JPEGs straight into uint8 tensors, which are augmented as such; batches normalised in
-   the main process, on one thread; one DataLoader pass across the epochs); today's loader
-   normalising on all threads instead of one, and starting a pass per epoch; the same for
-   evaluation (two passes); and, on one core, the decoding alone (PIL against torchvision, the
-   same pixels), the augmentation alone, and the augmentation seeded per image by forking the
-   global generator (the old way) against seeding its own.
+   the main process, on one thread); today's loader normalising on all threads instead of one;
+   the same for evaluation (two passes); and, on one core, the decoding alone (PIL against
+   torchvision, the same pixels), the augmentation alone, and the augmentation seeded per image by
+   forking the global generator (the old way) against seeding its own.
 3. A fine-tuning epoch of pruned ResNet-56 (chipprune's `fit`, in-memory path) against a bare
    training loop over batches already in memory: the same model, optimiser, batch size and steps.
 
@@ -160,34 +159,24 @@ def jpeg_paths(n_rounds: int, images: int = 512, epochs: int = 2, batch: int = 3
     return summary(label, *rounds(old, new, n_rounds)), source
 
 
-def loader_changes(n_rounds: int, source, epochs: int = 2, batch: int = 32) -> list[dict]:
-    """The loader path of the JPEG row as training runs it, against the same path (a) normalising
-    each batch on all threads instead of one while the workers keep every core busy; (b) starting a
-    DataLoader pass per epoch (workers idle at each epoch's start and end) instead of one pass that
-    runs on across epochs."""
+def normalising_threads(n_rounds: int, source, epochs: int = 2, batch: int = 32) -> dict:
+    """The loader path of the JPEG row as training runs it (each batch normalised on one thread
+    while the workers keep every core busy) against the same path normalising on all threads."""
     spec = chipprune.get_model_spec("resnet18")
     dataset = SeededAugmentation(source.split("train", None, tensors=True), augmentation(spec, None), seed=0)
     normalize = batches_module._normalize
 
-    def loader(all_threads: bool = False, pass_per_epoch: bool = False) -> float:
+    def loader(all_threads: bool) -> float:
         if all_threads:
             batches_module._normalize = lambda normalizer, images, workers: normalize(normalizer, images, 0)
         try:
             batches = _LoaderBatches(dataset, spec, 0, batch, Dist(), torch.device("cpu"))
-
-            def run() -> None:
-                for epoch in range(epochs):
-                    if pass_per_epoch:
-                        batches._stream = None
-                    for _ in batches.epoch(epoch, 0):
-                        pass
-            return rate(run, epochs * batches.steps_per_epoch * batch)
+            return rate(lambda: [None for epoch in range(epochs) for _ in batches.epoch(epoch, 0)], epochs * batches.steps_per_epoch * batch)
         finally:
             batches_module._normalize = normalize
 
-    workers = loader_workers()
-    return [summary(f"JPEG loader, {workers} workers: normalised on all threads -> one", *rounds(lambda: loader(all_threads=True), loader, n_rounds)),
-            summary(f"JPEG loader, {workers} workers: a pass per epoch -> one pass", *rounds(lambda: loader(pass_per_epoch=True), loader, n_rounds))]
+    return summary(f"JPEG loader, {loader_workers()} workers: normalised on all threads -> one",
+                   *rounds(lambda: loader(True), lambda: loader(False), n_rounds))
 
 
 def evaluation_paths(n_rounds: int, source, passes: int = 2) -> dict:
@@ -323,7 +312,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {device}")
     print(f"{'':58} {'baseline':>10} {'candidate':>10} {'':9} ratio [range over rounds]")
     jpeg_row, jpeg_source = jpeg_paths(args.rounds)
-    rows = [cifar_paths(args.rounds), jpeg_row, *loader_changes(args.rounds, jpeg_source), evaluation_paths(args.rounds, jpeg_source), decoding_alone(args.rounds, jpeg_source),
+    rows = [cifar_paths(args.rounds), jpeg_row, normalising_threads(args.rounds, jpeg_source), evaluation_paths(args.rounds, jpeg_source), decoding_alone(args.rounds, jpeg_source),
             augmentation_alone(args.rounds, jpeg_source), generator_fork(args.rounds, jpeg_source), epoch_against_bare_loop(args.rounds, device)]
     print("(an epoch ratio below 1: chipprune's epoch is slower than the bare loop by that factor)")
     if args.out:

@@ -28,7 +28,8 @@ class SeededAugmentation(Dataset):
     """``base``'s (image, label) pairs, each image through ``augment(image, generator)`` with a
     generator seeded by (seed, epoch, index): the same image gets the same crop whichever process,
     worker or step loads it (exact resume, and torchrun runs equal to single-process ones). The
-    generator is the dataset's own: the process's global one is neither read nor changed."""
+    generator is the dataset's own: the process's global one is neither read nor changed. (One
+    generator per dataset object: read it from one thread at a time, as DataLoader workers do.)"""
 
     def __init__(self, base: Dataset, augment: Callable, seed: int, epoch: int = 0) -> None:
         self.base, self.augment, self.seed, self.epoch = base, augment, seed, epoch
@@ -98,8 +99,9 @@ class Augmentation:
             if self.resize_first:
                 image = F.resize(image, [size, size], antialias=True)
             padded = F.pad(image, [4])
-            top = int(torch.randint(0, padded.shape[-2] - size + 1, size=(), generator=generator))
-            left = int(torch.randint(0, padded.shape[-1] - size + 1, size=(), generator=generator))
+            height, width = padded.shape[-2:]
+            top = int(torch.randint(0, height - size + 1, size=(), generator=generator)) if height > size else 0
+            left = int(torch.randint(0, width - size + 1, size=(), generator=generator)) if width > size else 0
             image = F.crop(padded, top, left, size, size)
         else:
             top, left, h, w = resized_crop_box(image.shape[-2], image.shape[-1], generator)

@@ -10,9 +10,9 @@ from (seed, epoch, its index among the training images)):
 - JPEGs on a GPU: a DataLoader's workers read the files and draw each image's crop; the GPU decodes
   and augments the batch (data/jpeg.py);
 - loader: anything else goes through a DataLoader whose worker processes (one per core, up to 32)
-  live for the whole run, in one pass across the epochs; each decodes an image and augments it as
-  a uint8 tensor under a seeded generator, and the batch is normalised on the training device
-  (pinned memory on CUDA).
+  live for the whole run; each decodes an image and augments it as a uint8 tensor with a seeded
+  generator, and the batch is normalised on the training device (pinned memory on CUDA; on one
+  thread on the CPU).
 
 Validation and test images not held in memory go the loader's way too: PIL resizes and crops them
 in workers (started for each pass), uint8 to the device, normalised there.
@@ -51,23 +51,21 @@ def loader_workers() -> int:
 
 
 class _EpochPositions(Sampler):
-    """The sampler's positions from step ``start`` of ``epoch`` on, epoch after epoch without end,
-    each epoch cut to whole batches and each position paired with its epoch (persistent workers take
-    the epoch from there). One DataLoader pass thus spans the run: its workers prefetch the next
-    epoch's first batches while this one ends, instead of idling at every epoch's start and end."""
+    """The sampler's order of one epoch from position ``start`` (to resume inside an epoch), each
+    position paired with the epoch: a DataLoader's persistent workers take the epoch from there."""
 
-    def __init__(self, base: DistributedSampler, positions_per_epoch: int) -> None:
-        self.base, self.per_epoch, self.epoch, self.start = base, positions_per_epoch, 0, 0
+    def __init__(self, base: DistributedSampler) -> None:
+        self.base, self.epoch, self.start = base, 0, 0
 
     def set(self, epoch: int, start: int) -> None:
+        self.base.set_epoch(epoch)
         self.epoch, self.start = epoch, start
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch, start = self.epoch, self.start
-        while self.per_epoch:
-            self.base.set_epoch(epoch)
-            yield from ((epoch, i) for i in list(self.base)[start : self.per_epoch])
-            epoch, start = epoch + 1, 0
+        return iter([(self.epoch, i) for i in list(self.base)[self.start :]])
+
+    def __len__(self) -> int:
+        return max(0, len(self.base) - self.start)
 
 
 class _TrainBatches:
@@ -78,13 +76,11 @@ class _TrainBatches:
         # DistributedSampler only needs the length: it draws (seed, epoch)-seeded orders of range(count).
         self.sampler = DistributedSampler(range(count), num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True,
                                           seed=config_seed, drop_last=True)
+        self.positions = _EpochPositions(self.sampler)
         self.images = count
         self.steps_per_epoch = len(self.sampler) // per_rank_batch
-        self.positions = _EpochPositions(self.sampler, self.steps_per_epoch * per_rank_batch)
         self.max_label: int | None = None  # known up front (memory path): labels need no check per batch
         self._epoch_loader: DataLoader | None = None
-        self._stream: Iterator | None = None  # the DataLoader pass under way, and the (epoch, step) it yields next
-        self._stream_next = (0, 0)
 
     def __len__(self) -> int:
         return self.images
@@ -92,28 +88,10 @@ class _TrainBatches:
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         raise NotImplementedError
 
-    def close(self) -> None:
-        """Stops the loader's workers after the last epoch: they would go on preparing the batches
-        of an epoch that never comes."""
-        self._stream = self._epoch_loader = None
-
-    def _from_loader(self, dataset: Dataset, epoch: int, first: int, **options) -> Iterator:
-        """The batches of steps ``first``.. of ``epoch``, from one pass of a DataLoader whose worker
-        processes live for the whole run and whose pass runs on into the next epoch. A new pass
-        starts only when asked for another position than the next (a resume)."""
-        if self._stream is None or self._stream_next != (epoch, first):
-            self.positions.set(epoch, first * self.per_rank_batch)
-            self._stream = _from_workers(self._loader(dataset, **options))
-        for step in range(first, self.steps_per_epoch):
-            try:
-                batch = next(self._stream)
-            except BaseException:
-                self._stream = None  # a failed pass is not resumed
-                raise
-            self._stream_next = (epoch, step + 1) if step + 1 < self.steps_per_epoch else (epoch + 1, 0)
-            yield batch
-
-    def _loader(self, dataset: Dataset, **options) -> DataLoader:
+    def _loader(self, dataset: Dataset, epoch: int, first: int, **options) -> DataLoader:
+        """The DataLoader of epoch ``epoch``'s batches from step ``first``: one for the whole run,
+        whose worker processes persist across epochs (no start-up cost per epoch)."""
+        self.positions.set(epoch, first * self.per_rank_batch)
         if self._epoch_loader is None:
             workers = loader_workers()
             self._epoch_loader = DataLoader(dataset, batch_size=self.per_rank_batch, sampler=self.positions, drop_last=True,
@@ -132,8 +110,8 @@ class _LoaderBatches(_TrainBatches):
         self.dataset, self.normalize = dataset, BatchNormalizer(spec, device)
 
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self._from_loader(self.dataset, epoch, first, pin_memory=self.normalize.device.type == "cuda"):
-            yield _normalize(self.normalize, images, self._epoch_loader.num_workers), labels
+        loader = self._loader(self.dataset, epoch, first, pin_memory=self.normalize.device.type == "cuda")
+        yield from _normalized(loader, self.normalize)
 
 
 class _JpegBatches(_TrainBatches):
@@ -146,7 +124,7 @@ class _JpegBatches(_TrainBatches):
         self.crops, self.size, self.normalize = crops, spec.image_size, BatchNormalizer(spec, device)
 
     def epoch(self, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for data, lengths, boxes, labels in self._from_loader(self.crops, epoch, first, collate_fn=collate_jpegs):
+        for data, lengths, boxes, labels in _from_workers(self._loader(self.crops, epoch, first, collate_fn=collate_jpegs)):
             yield decode_batch(data, lengths, boxes, self.size, self.normalize), labels
 
 
@@ -209,18 +187,18 @@ class _LoaderEval:
 
 
 def _normalized(batches: DataLoader, normalize: BatchNormalizer) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """A DataLoader's uint8 image batches, normalised; labels as they come."""
+    """A DataLoader's uint8 image batches moved to ``normalize``'s device and normalised there;
+    labels as they come."""
     for images, labels in _from_workers(batches):
-        yield _normalize(normalize, images, batches.num_workers), labels
+        yield _normalize(normalize, images.to(normalize.device, non_blocking=True), batches.num_workers), labels
 
 
 def _normalize(normalize: BatchNormalizer, images: torch.Tensor, workers: int) -> torch.Tensor:
-    """uint8 ``images`` moved to ``normalize``'s device and normalised there; on one thread if that
-    is the CPU and the loader has ``workers``. Its workers, one per core, keep every core busy: split over threads, the
-    normalisation waits at its barrier for threads that a worker has pushed off a core (the JPEG
-    loader's bench row on one thread against all, docs/FINETUNING.md). The thread setting is
+    """``normalize(images)``; on one thread if the images are on the CPU and the loader has
+    ``workers``. Its workers, one per core, keep every core busy: split over threads, the
+    normalisation waits at its barrier for the thread that a worker has pushed off its core (the
+    JPEG loader's bench row on one thread against all, docs/FINETUNING.md). The thread setting is
     restored before the training step runs."""
-    images = images.to(normalize.device, non_blocking=True)
     if normalize.device.type != "cpu" or not workers:
         return normalize(images)
     threads = torch.get_num_threads()

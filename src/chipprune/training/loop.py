@@ -311,7 +311,6 @@ def fit(model: nn.Module, spec: ModelSpec, source: DataSource, config: TrainConf
     started = time.perf_counter()
     for epoch in range(trainer.epoch, recipe.epochs):
         trainer.end_epoch(trainer.train_epoch(epoch, trainer.step if epoch == trainer.epoch else 0))
-    data.train.close()
     trainer.select_best()
     test = trainer.evaluate(data.test)  # NaN when there is no test split
     return FitSummary(

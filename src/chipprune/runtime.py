@@ -14,6 +14,8 @@ import hashlib
 import os
 import platform
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from datetime import timedelta
@@ -46,6 +48,17 @@ def device_of(model: torch.nn.Module) -> torch.device:
     """Where ``model``'s parameters live (the CPU for a model without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+@contextmanager
+def one_math_thread() -> Iterator[None]:
+    """torch's intra-op threads set to one for the block, and set back after it (also on an error)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

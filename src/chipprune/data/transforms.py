@@ -149,8 +149,8 @@ def preprocessing(spec: ModelSpec, native_size: int | None) -> Callable:
 class _ModelInput:
     """A uint8 transform's output as the model's normalised float input, per image."""
 
-    def __init__(self, spec: ModelSpec, uint8: Callable, draws: bool) -> None:
-        self.uint8, self.draws = uint8, draws
+    def __init__(self, spec: ModelSpec, uint8: Callable) -> None:
+        self.uint8, self.draws = uint8, isinstance(uint8, Augmentation)  # only the augmentation draws
         self.to_float = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
 
     def __call__(self, image: Image.Image | torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -161,9 +161,7 @@ def make_transform(spec: ModelSpec, train: bool, native_size: int | None) -> Cal
     """Preprocessing of one PIL image for ``spec`` into a normalised float tensor: the training
     augmentation when ``train`` (drawn from the generator given as second argument, or the global
     one), else the evaluation preprocessing."""
-    if train:
-        return _ModelInput(spec, augmentation(spec, native_size), True)
-    return _ModelInput(spec, preprocessing(spec, native_size), False)
+    return _ModelInput(spec, augmentation(spec, native_size) if train else preprocessing(spec, native_size))
 
 
 def _warn_if_enlarged(spec: ModelSpec, native_size: int | None) -> None:

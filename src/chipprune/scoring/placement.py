@@ -33,7 +33,7 @@ import torch
 
 from ..errors import ChipPruneError
 from ..io.atomic import read_json, write_json
-from ..runtime import machine_cache_file, machine_fingerprint
+from ..runtime import machine_cache_file, machine_fingerprint, one_math_thread
 
 __all__ = ["PLACEMENTS", "decompositions_on", "eigh", "svd", "placement_table", "map_on_cpu_threads"]
 
@@ -258,9 +258,5 @@ def map_on_cpu_threads(fn: Callable[[torch.Tensor], T], items: list[torch.Tensor
         torch.set_num_threads(1)
         return fn(x)
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_math_thread():
         return list(_pool(workers).map(one_thread, items))
-    finally:
-        torch.set_num_threads(previous)

@@ -33,7 +33,7 @@ from ..data.sources import DataSource
 from ..data.transforms import BatchNormalizer, SeededAugmentation, augmentation, preprocessing
 from ..errors import ChipPruneError
 from ..models.spec import ModelSpec
-from ..runtime import Dist
+from ..runtime import Dist, one_math_thread
 
 __all__ = ["RunData", "split_data", "loader_workers"]
 
@@ -201,12 +201,8 @@ def _normalize(normalize: BatchNormalizer, images: torch.Tensor, workers: int) -
     restored before the training step runs."""
     if normalize.device.type != "cpu" or not workers:
         return normalize(images)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_math_thread():
         return normalize(images)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _from_workers(batches: Iterable) -> Iterator:
